@@ -1,0 +1,91 @@
+"""The tasks table and the shapes a task takes on the way in and out of the API."""
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import ConfigDict, StringConstraints, field_validator
+from sqlalchemy import BigInteger, Column, DateTime, Identity, String, func, text
+from sqlmodel import Field, SQLModel
+
+TITLE_MAX = 200
+DESCRIPTION_MAX = 1000
+
+# PostgreSQL text cannot hold NUL, so it is refused here as invalid input, not later as an error.
+_NO_NUL = r"^[^\x00]*$"
+Title = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX, pattern=_NO_NUL),
+]
+Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX, pattern=_NO_NUL)]
+
+
+class Task(SQLModel, table=True):
+    __tablename__ = "tasks"
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True)
+    )
+    # The owner. Row-level security compares it with app.current_user_id(); the API fills
+    # it from the token, never from a request body.
+    user_id: str = Field(sa_column=Column(String(255), nullable=False))
+    title: str = Field(sa_column=Column(String(TITLE_MAX), nullable=False))
+    description: str | None = Field(default=None, sa_column=Column(String(DESCRIPTION_MAX)))
+    completed: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    created_at: datetime | None = Field(
+        default=None,
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+    updated_at: datetime | None = Field(
+        default=None,
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+
+# Request bodies refuse fields they do not name (so `user_id` and `id` in a body are a
+# 422 naming the field) and take JSON types as they are, with no coercion.
+_REQUEST = ConfigDict(extra="forbid", strict=True)
+
+
+class TaskCreate(SQLModel):
+    model_config = _REQUEST
+
+    title: Title
+    description: Description | None = None
+
+
+class TaskReplace(SQLModel):
+    """PUT: the whole task; a field left out takes its default."""
+
+    model_config = _REQUEST
+
+    title: Title
+    description: Description | None = None
+    completed: bool = False
+
+
+class TaskUpdate(SQLModel):
+    """PATCH: only the fields given change."""
+
+    model_config = _REQUEST
+
+    title: Title | None = None
+    description: Description | None = None
+    completed: bool | None = None
+
+    @field_validator("title", "completed", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        # Left out means "unchanged"; an explicit null would mean "no title", which no task has.
+        if value is None:
+            raise ValueError("may not be null")
+        return value
+
+
+class TaskPublic(SQLModel):
+    id: int
+    user_id: str
+    title: str
+    description: str | None
+    completed: bool
+    created_at: datetime
+    updated_at: datetime

@@ -1,0 +1,188 @@
+"""Task routes. Thin: the session is already scoped to the caller by row-level security.
+
+The explicit `user_id == subject` filters below are defense in depth and a hint to the
+planner; tests/test_rls.py proves isolation holds without them.
+"""
+
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from sqlalchemy import ColumnElement, delete, func, insert, not_, select, update
+
+from app.auth import CurrentSubject, require_path_owner
+from app.errors import NotFound
+from app.models import Task, TaskCreate, TaskPublic, TaskReplace, TaskUpdate
+from app.session import UserSession
+
+router = APIRouter(
+    prefix="/api/{user_id}/tasks",
+    tags=["tasks"],
+    dependencies=[Depends(require_path_owner)],
+    responses={
+        401: {"description": "Missing or invalid bearer token"},
+        403: {"description": "The token's subject is not the user_id in the path"},
+    },
+)
+
+TaskId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The task's id")]
+TASK_NOT_FOUND = "Task not found"
+_NOT_FOUND_RESPONSE = {404: {"description": TASK_NOT_FOUND}}
+
+
+class StatusFilter(StrEnum):
+    all = "all"
+    pending = "pending"
+    completed = "completed"
+
+
+class SortField(StrEnum):
+    created = "created"
+    updated = "updated"
+    title = "title"
+
+
+class SortOrder(StrEnum):
+    asc = "asc"
+    desc = "desc"
+
+
+_SORT_COLUMNS = {
+    SortField.created: Task.created_at,
+    SortField.updated: Task.updated_at,
+    SortField.title: Task.title,
+}
+
+
+def _own(subject: str, task_id: int) -> tuple[ColumnElement[bool], ...]:
+    return (Task.id == task_id, Task.user_id == subject)
+
+
+def _page_links(request: Request, total: int, limit: int, offset: int) -> str | None:
+    """RFC 8288 Link header with the next and previous pages that exist."""
+    links = []
+    if offset + limit < total:
+        url = request.url.include_query_params(offset=offset + limit, limit=limit)
+        links.append(f'<{url}>; rel="next"')
+    if offset > 0:
+        url = request.url.include_query_params(offset=max(offset - limit, 0), limit=limit)
+        links.append(f'<{url}>; rel="prev"')
+    return ", ".join(links) or None
+
+
+@router.get(
+    "",
+    response_model=list[TaskPublic],
+    responses={200: {"headers": {"X-Total-Count": {"schema": {"type": "integer"}}, "Link": {"schema": {"type": "string"}}}}},
+)
+async def list_tasks(
+    request: Request,
+    response: Response,
+    session: UserSession,
+    subject: CurrentSubject,
+    status_filter: Annotated[StatusFilter, Query(alias="status")] = StatusFilter.all,
+    sort: SortField = SortField.created,
+    order: Annotated[SortOrder | None, Query(description="Default: desc for dates, asc for title")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> list[Task]:
+    """List your tasks."""
+    conditions: list[ColumnElement[bool]] = [Task.user_id == subject]
+    if status_filter is not StatusFilter.all:
+        conditions.append(Task.completed.is_(status_filter is StatusFilter.completed))
+    if order is None:
+        order = SortOrder.asc if sort is SortField.title else SortOrder.desc
+    column = _SORT_COLUMNS[sort]
+    direction = (lambda c: c.asc()) if order is SortOrder.asc else (lambda c: c.desc())
+
+    page = (
+        select(Task, func.count().over().label("total"))
+        .where(*conditions)
+        .order_by(direction(column), direction(Task.id))
+        .limit(limit)
+        .offset(offset)
+    )
+    rows = (await session.execute(page)).all()
+    if rows:
+        total = rows[0].total
+    elif offset:
+        # Past the last page the window count has no row to ride on.
+        total = await session.scalar(select(func.count()).select_from(Task).where(*conditions)) or 0
+    else:
+        total = 0
+
+    response.headers["X-Total-Count"] = str(total)
+    if links := _page_links(request, total, limit, offset):
+        response.headers["Link"] = links
+    return [row.Task for row in rows]
+
+
+@router.post("", response_model=TaskPublic, status_code=status.HTTP_201_CREATED)
+async def create_task(
+    body: TaskCreate, request: Request, response: Response, session: UserSession, subject: CurrentSubject
+) -> Task:
+    """Create a task."""
+    task = await session.scalar(
+        insert(Task).values(user_id=subject, **body.model_dump()).returning(Task)
+    )
+    assert task is not None
+    response.headers["Location"] = str(
+        request.url_for("get_task", user_id=subject, task_id=str(task.id))
+    )
+    return task
+
+
+@router.get("/{task_id}", response_model=TaskPublic, responses=_NOT_FOUND_RESPONSE)
+async def get_task(task_id: TaskId, session: UserSession, subject: CurrentSubject) -> Task:
+    """Get one task."""
+    task = await session.scalar(select(Task).where(*_own(subject, task_id)))
+    if task is None:
+        raise NotFound(TASK_NOT_FOUND)
+    return task
+
+
+async def _update(session: UserSession, subject: str, task_id: int, **values: object) -> Task:
+    task = await session.scalar(
+        update(Task)
+        .where(*_own(subject, task_id))
+        .values(**values, updated_at=func.now())
+        .returning(Task)
+        .execution_options(synchronize_session=False)
+    )
+    if task is None:
+        raise NotFound(TASK_NOT_FOUND)
+    return task
+
+
+@router.put("/{task_id}", response_model=TaskPublic, responses=_NOT_FOUND_RESPONSE)
+async def replace_task(
+    task_id: TaskId, body: TaskReplace, session: UserSession, subject: CurrentSubject
+) -> Task:
+    """Replace a task's title, description and completed flag."""
+    return await _update(session, subject, task_id, **body.model_dump())
+
+
+@router.patch("/{task_id}", response_model=TaskPublic, responses=_NOT_FOUND_RESPONSE)
+async def update_task(
+    task_id: TaskId, body: TaskUpdate, session: UserSession, subject: CurrentSubject
+) -> Task:
+    """Change some of a task's fields."""
+    return await _update(session, subject, task_id, **body.model_dump(exclude_unset=True))
+
+
+@router.patch("/{task_id}/complete", response_model=TaskPublic, responses=_NOT_FOUND_RESPONSE)
+async def toggle_task(task_id: TaskId, session: UserSession, subject: CurrentSubject) -> Task:
+    """Toggle a task between pending and completed."""
+    return await _update(session, subject, task_id, completed=not_(Task.completed))
+
+
+@router.delete(
+    "/{task_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND_RESPONSE
+)
+async def delete_task(task_id: TaskId, session: UserSession, subject: CurrentSubject) -> None:
+    """Delete a task."""
+    deleted = await session.scalar(
+        delete(Task).where(*_own(subject, task_id)).returning(Task.id)
+    )
+    if deleted is None:
+        raise NotFound(TASK_NOT_FOUND)

@@ -1,0 +1,30 @@
+-- Rule: a task can be read, created, changed and deleted only by the user whose id is
+-- the transaction's app.user_id; with no user set, no task matches and no write passes.
+
+alter table tasks enable row level security;
+-- FORCE holds the table's owner to row-level security too. No policy names todo_owner,
+-- so a connection as the owner (a mistaken DATABASE_URL, say) sees and changes no rows.
+alter table tasks force row level security;
+
+grant select, insert, update, delete on tasks to todo_app;
+
+drop policy if exists tasks_select_own on tasks;
+create policy tasks_select_own on tasks
+  for select to todo_app
+  using (user_id = (select app.current_user_id()));
+
+drop policy if exists tasks_insert_own on tasks;
+create policy tasks_insert_own on tasks
+  for insert to todo_app
+  with check (user_id = (select app.current_user_id()));
+
+drop policy if exists tasks_update_own on tasks;
+create policy tasks_update_own on tasks
+  for update to todo_app
+  using (user_id = (select app.current_user_id()))
+  with check (user_id = (select app.current_user_id()));
+
+drop policy if exists tasks_delete_own on tasks;
+create policy tasks_delete_own on tasks
+  for delete to todo_app
+  using (user_id = (select app.current_user_id()));
