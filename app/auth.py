@@ -86,7 +86,7 @@ class TokenVerifier:
             raise InvalidToken("token issuer is not accepted") from exc
         except jwt.InvalidAudienceError as exc:
             raise InvalidToken("token audience is not accepted") from exc
-        except jwt.InvalidSubjectError as exc:
+        except jwt.exceptions.InvalidSubjectError as exc:
             raise InvalidToken("token 'sub' must be a string") from exc
         except jwt.InvalidAlgorithmError as exc:
             raise InvalidToken("token algorithm is not accepted") from exc
@@ -100,8 +100,10 @@ def unauthorized(reason: str, request: Request) -> HTTPException:
     client = request.client.host if request.client else "unknown"
     # The reason and the address only: the token itself is never logged.
     log.warning("authentication failed: %s (client %s)", reason, client)
-    challenge = "Bearer" if reason == "missing bearer token" else (
-        f'Bearer error="invalid_token", error_description="{reason}"'
+    challenge = (
+        "Bearer"
+        if reason == "missing bearer token"
+        else (f'Bearer error="invalid_token", error_description="{reason}"')
     )
     return HTTPException(
         status_code=status.HTTP_401_UNAUTHORIZED,
@@ -117,7 +119,9 @@ async def current_subject(
     if credentials is None:
         # HTTPBearer also answers None for a scheme other than Bearer.
         has_header = "authorization" in request.headers
-        raise unauthorized("malformed authorization header" if has_header else "missing bearer token", request)
+        raise unauthorized(
+            "malformed authorization header" if has_header else "missing bearer token", request
+        )
     verifier: TokenVerifier = request.app.state.token_verifier
     try:
         return verifier.subject(credentials.credentials)
@@ -131,5 +135,7 @@ CurrentSubject = Annotated[str, Depends(current_subject)]
 async def require_path_owner(user_id: str, subject: CurrentSubject) -> str:
     """The path's user_id must be the token's subject: one user never addresses another's tasks."""
     if user_id != subject:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="token subject does not match the user_id in the path")
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, detail="token subject does not match the user_id in the path"
+        )
     return subject

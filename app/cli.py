@@ -76,14 +76,21 @@ def serve(
         if workers == 1:
             from app.main import create_app
 
-            uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                        log_level=settings.log_level)
+            uvicorn.run(
+                create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
+            )
             return
         # Worker processes build their own app from the environment.
         os.environ["DATABASE_URL"] = settings.database_url or ""
         os.environ["JWT_SECRET"] = settings.jwt_secret.get_secret_value() if settings.jwt_secret else ""
-        uvicorn.run("app.main:create_app", factory=True, host=settings.host, port=settings.port,
-                    workers=workers, log_level=settings.log_level)
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=workers,
+            log_level=settings.log_level,
+        )
 
 
 @cli.command()

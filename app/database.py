@@ -68,9 +68,7 @@ async def check_runtime_role(engine: AsyncEngine) -> None:
             f"row-level security does not apply to superusers; {hint}"
         )
     if row.rolbypassrls:
-        raise UnsafeRuntimeRole(
-            f"refusing to start: the database role {row.rolname!r} has BYPASSRLS; {hint}"
-        )
+        raise UnsafeRuntimeRole(f"refusing to start: the database role {row.rolname!r} has BYPASSRLS; {hint}")
     if row.owned:
         raise UnsafeRuntimeRole(
             f"refusing to start: the database role {row.rolname!r} owns tables of user data "

@@ -21,7 +21,7 @@ with warnings.catch_warnings():
 
 DATABASE = "todo"
 SUPERUSER = "postgres"
-SECRET_FILE = "jwt_secret"
+SECRET_FILE = "jwt_secret"  # noqa: S105 (a file name, not a secret)
 
 
 @dataclass
@@ -60,7 +60,7 @@ def start(data_dir: Path) -> EmbeddedPostgres:
 def bootstrap(admin_url: str, database: str) -> None:
     """As a superuser: create `database` if missing and run sql/roles.sql in it."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("select from pg_database where datname = %s", (database,)).fetchone()
+        exists = conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone()
         if not exists:
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
     target = psycopg.conninfo.make_conninfo(admin_url, dbname=database)

@@ -54,8 +54,12 @@ _SORT_COLUMNS = {
 }
 
 
-def _own(subject: str, task_id: int) -> tuple[ColumnElement[bool], ...]:
-    return (Task.id == task_id, Task.user_id == subject)
+def _owner_filter(subject: str) -> list[ColumnElement[bool]]:
+    return [Task.user_id == subject]
+
+
+def _own(subject: str, task_id: int) -> list[ColumnElement[bool]]:
+    return [Task.id == task_id, *_owner_filter(subject)]
 
 
 def _page_links(request: Request, total: int, limit: int, offset: int) -> str | None:
@@ -73,7 +77,14 @@ def _page_links(request: Request, total: int, limit: int, offset: int) -> str | 
 @router.get(
     "",
     response_model=list[TaskPublic],
-    responses={200: {"headers": {"X-Total-Count": {"schema": {"type": "integer"}}, "Link": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {
+            "headers": {
+                "X-Total-Count": {"schema": {"type": "integer"}},
+                "Link": {"schema": {"type": "string"}},
+            }
+        }
+    },
 )
 async def list_tasks(
     request: Request,
@@ -87,7 +98,7 @@ async def list_tasks(
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> list[Task]:
     """List your tasks."""
-    conditions: list[ColumnElement[bool]] = [Task.user_id == subject]
+    conditions = _owner_filter(subject)
     if status_filter is not StatusFilter.all:
         conditions.append(Task.completed.is_(status_filter is StatusFilter.completed))
     if order is None:
@@ -122,13 +133,9 @@ async def create_task(
     body: TaskCreate, request: Request, response: Response, session: UserSession, subject: CurrentSubject
 ) -> Task:
     """Create a task."""
-    task = await session.scalar(
-        insert(Task).values(user_id=subject, **body.model_dump()).returning(Task)
-    )
+    task = await session.scalar(insert(Task).values(user_id=subject, **body.model_dump()).returning(Task))
     assert task is not None
-    response.headers["Location"] = str(
-        request.url_for("get_task", user_id=subject, task_id=str(task.id))
-    )
+    response.headers["Location"] = str(request.url_for("get_task", user_id=subject, task_id=str(task.id)))
     return task
 
 
@@ -176,13 +183,9 @@ async def toggle_task(task_id: TaskId, session: UserSession, subject: CurrentSub
     return await _update(session, subject, task_id, completed=not_(Task.completed))
 
 
-@router.delete(
-    "/{task_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND_RESPONSE
-)
+@router.delete("/{task_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND_RESPONSE)
 async def delete_task(task_id: TaskId, session: UserSession, subject: CurrentSubject) -> None:
     """Delete a task."""
-    deleted = await session.scalar(
-        delete(Task).where(*_own(subject, task_id)).returning(Task.id)
-    )
+    deleted = await session.scalar(delete(Task).where(*_own(subject, task_id)).returning(Task.id))
     if deleted is None:
         raise NotFound(TASK_NOT_FOUND)

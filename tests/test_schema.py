@@ -1,0 +1,134 @@
+"""Catalog guards: what the migrated database must look like for isolation to hold."""
+
+import httpx
+import psycopg
+from fastapi import FastAPI
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import OWNER_ROLE, RUNTIME_ROLE
+from app.policies import declared_state, drift, live_state, policy_files
+from app.session import user_transaction
+from tests.conftest import DbUrls
+from tests.tokens import auth
+
+
+def tables_with_user_id(conn: psycopg.Connection) -> list[str]:
+    rows = conn.execute(
+        """
+        select c.relname from pg_attribute a join pg_class c on c.oid = a.attrelid
+        where a.attname = 'user_id' and not a.attisdropped and c.relkind in ('r', 'p')
+          and c.relnamespace = 'public'::regnamespace
+        order by 1
+        """
+    ).fetchall()
+    return [name for (name,) in rows]
+
+
+def test_there_is_user_data_to_guard(admin_conn: psycopg.Connection) -> None:
+    assert tables_with_user_id(admin_conn) == ["tasks"]
+
+
+def test_every_user_table_has_rls_enabled_forced_and_policies_for_every_command(
+    admin_conn: psycopg.Connection,
+) -> None:
+    state = live_state(admin_conn)
+    for table in tables_with_user_id(admin_conn):
+        assert state[table]["rls_enabled"], table
+        assert state[table]["rls_forced"], table
+        policies = state[table]["policies"]
+        assert {policy["command"] for policy in policies} >= {"SELECT", "INSERT", "UPDATE", "DELETE"}, table
+        for policy in policies:
+            assert policy["roles"] == [RUNTIME_ROLE], policy
+            assert policy["permissive"], policy
+            if policy["command"] in ("SELECT", "UPDATE", "DELETE"):
+                assert "app.current_user_id()" in policy["using"], policy
+            if policy["command"] in ("INSERT", "UPDATE"):
+                assert "app.current_user_id()" in policy["with_check"], policy
+        assert any(p["using"] for p in policies) and any(p["with_check"] for p in policies), table
+
+
+def test_every_user_table_has_a_policy_file(admin_conn: psycopg.Connection) -> None:
+    assert set(tables_with_user_id(admin_conn)) <= set(policy_files())
+
+
+def test_runtime_role_is_not_superuser_has_no_bypassrls_owns_nothing(admin_conn: psycopg.Connection) -> None:
+    row = admin_conn.execute(
+        """
+        select r.rolsuper, r.rolbypassrls, r.rolcreaterole, r.rolcreatedb,
+               (select count(*) from pg_class c where c.relowner = r.oid),
+               (select count(*) from pg_namespace n where n.nspowner = r.oid),
+               (select count(*) from pg_proc p where p.proowner = r.oid),
+               (select count(*) from pg_auth_members m where m.member = r.oid)
+        from pg_roles r where r.rolname = %s
+        """,
+        (RUNTIME_ROLE,),
+    ).fetchone()
+    assert row == (False, False, False, False, 0, 0, 0, 0)
+
+
+def test_user_tables_are_owned_by_the_owner_role(admin_conn: psycopg.Connection) -> None:
+    for table in tables_with_user_id(admin_conn):
+        owner = admin_conn.execute(
+            "select relowner::regrole::text from pg_class where relname = %s", (table,)
+        )
+        assert owner.fetchone() == (OWNER_ROLE,)
+
+
+def test_live_policies_are_exactly_what_sql_policies_describes(db_url: DbUrls) -> None:
+    with psycopg.connect(db_url.owner) as conn:
+        live, declared = live_state(conn), declared_state(conn)
+        assert live == declared
+        assert declared["tasks"]["policies"], "the comparison must not be of two empty sets"
+        assert drift(conn) == {}
+
+
+def test_a_policy_edited_live_is_seen_as_drift(db_url: DbUrls, admin_conn: psycopg.Connection) -> None:
+    admin_conn.execute("alter policy tasks_select_own on tasks using (true)")
+    with psycopg.connect(db_url.owner) as conn:
+        found = drift(conn)
+    live, declared = found["tasks"]["policies"]
+    assert [p["using"] for p in live if p["name"] == "tasks_select_own"] == ["true"]
+    assert [p["using"] for p in declared if p["name"] == "tasks_select_own"] != ["true"]
+
+
+async def test_list_query_uses_the_user_index_on_a_large_table(
+    admin_conn: psycopg.Connection,
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    admin_conn.execute(
+        """
+        insert into tasks (user_id, title, completed)
+        select 'user' || (n % 1000), 'task ' || n, n % 3 = 0 from generate_series(1, 100000) n
+        """
+    )
+    admin_conn.execute("analyze tasks")
+
+    captured: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "FROM tasks" in statement:
+            captured.append((statement, parameters))
+
+    # The exact SQL the list route sends, captured from a real request.
+    sync_engine = app.state.engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", capture)
+    try:
+        for params in ({}, {"status": "pending", "sort": "title"}, {"sort": "updated", "order": "asc"}):
+            response = await client.get("/api/user7/tasks", params=params, headers=auth("user7"))
+            assert response.status_code == 200
+            assert response.headers["X-Total-Count"] in ("100", "67")
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", capture)
+    assert len(captured) == 3
+
+    async with user_transaction(sessionmaker, "user7") as session:
+        for statement, parameters in captured:
+            raw = await session.connection()
+            plan = "\n".join(
+                row[0] for row in (await raw.exec_driver_sql(f"explain {statement}", parameters)).all()
+            )
+            assert "Seq Scan" not in plan, plan
+            assert "Index" in plan, plan
