@@ -18,9 +18,18 @@ _SNAPSHOT = """
 select c.relname as table,
        c.relrowsecurity as rls_enabled,
        c.relforcerowsecurity as rls_forced,
-       array(select privilege_type::text from information_schema.role_table_grants g
-             where g.table_schema = 'public' and g.table_name = c.relname and g.grantee = %(runtime)s
+       -- What the runtime role may do (on the table or on some of its columns), and
+       -- exactly which columns, so that a changed column grant is drift too.
+       array(select privilege from unnest(array['SELECT', 'INSERT', 'UPDATE', 'DELETE',
+                                                'TRUNCATE', 'REFERENCES', 'TRIGGER']) privilege
+             where case when privilege in ('DELETE', 'TRUNCATE', 'TRIGGER')
+                        then has_table_privilege(%(runtime)s, c.oid, privilege)
+                        else has_any_column_privilege(%(runtime)s, c.oid, privilege) end
              order by 1) as runtime_grants,
+       array(select g.privilege_type || ' (' || g.column_name || ')'
+             from information_schema.column_privileges g
+             where g.table_schema = 'public' and g.table_name = c.relname and g.grantee = %(runtime)s
+             order by 1) as runtime_column_grants,
        coalesce(jsonb_agg(jsonb_build_object(
            'name', p.polname,
            'command', case p.polcmd when 'r' then 'SELECT' when 'a' then 'INSERT'
@@ -86,3 +95,43 @@ def drift(conn: psycopg.Connection) -> dict[str, dict[str, tuple[Any, Any]]]:
         if changed:
             differences[table] = changed
     return differences
+
+
+# Uniqueness and foreign-key checks see every row, whatever row-level security says, so
+# their errors can tell a user that another user's row exists. On a table of user data,
+# a unique index must include user_id (then it only ever compares a user's own rows),
+# unless the runtime role cannot write any of its columns (an id the database assigns);
+# and a foreign key between such tables must carry user_id on both sides.
+_EXISTENCE_LEAKS = """
+with user_tables as (
+  select c.oid, a.attnum as user_col
+  from pg_class c join pg_attribute a on a.attrelid = c.oid
+  where a.attname = 'user_id' and not a.attisdropped and c.relkind in ('r', 'p')
+    and c.relnamespace = 'public'::regnamespace
+)
+select format('unique index %%s on %%s does not include user_id',
+              x.indexrelid::regclass, x.indrelid::regclass)
+from pg_index x join user_tables t on t.oid = x.indrelid
+where x.indisunique
+  and not t.user_col = any(x.indkey)
+  and exists (
+    select from unnest(x.indkey) k
+    where k > 0 and (has_column_privilege(%(runtime)s, x.indrelid, k, 'INSERT')
+                     or has_column_privilege(%(runtime)s, x.indrelid, k, 'UPDATE')))
+union all
+select format('foreign key %%s on %%s does not pair user_id with user_id', f.conname, f.conrelid::regclass)
+from pg_constraint f
+join user_tables src on src.oid = f.conrelid
+join user_tables dst on dst.oid = f.confrelid
+where f.contype = 'f'
+  and not exists (
+    select from unnest(f.conkey, f.confkey) as k(src_col, dst_col)
+    where k.src_col = src.user_col and k.dst_col = dst.user_col)
+order by 1
+"""
+
+
+def existence_leaks(conn: psycopg.Connection) -> list[str]:
+    """Constraints whose errors could reveal another user's rows; empty when none."""
+    rows = conn.execute(_EXISTENCE_LEAKS, {"runtime": RUNTIME_ROLE}).fetchall()
+    return [message for (message,) in rows]

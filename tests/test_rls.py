@@ -1,6 +1,6 @@
 """Row-level security proof: unfiltered queries, run as the runtime role through the
-same session code the app uses (app.session.user_transaction), see and change only the
-current user's rows; with no user set they see and change nothing."""
+same session code the app uses (app.session.UserSessions.transaction), see and change
+only the current user's rows; with no user set they see and change nothing."""
 
 from collections.abc import Callable
 
@@ -9,23 +9,21 @@ import psycopg
 import pytest
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.database import create_engine
 from app.models import Task
-from app.session import create_sessionmaker, user_transaction
-from tests.conftest import DbUrls
+from app.session import UserSessions
+from tests.conftest import TEST_CONTEXT_KEY, DbUrls
 from tests.tokens import auth
 
-Maker = async_sessionmaker[AsyncSession]
 
-
-async def seed(sessionmaker: Maker) -> dict[str, list[int]]:
+async def seed(sessions: UserSessions) -> dict[str, list[int]]:
     """alice: 2 tasks, bob: 1 task; each inserted under its owner's own context."""
     ids: dict[str, list[int]] = {}
     for user, titles in {"alice": ["a1", "a2"], "bob": ["b1"]}.items():
-        async with user_transaction(sessionmaker, user) as session:
+        async with sessions.transaction(user) as session:
             rows = await session.scalars(
                 insert(Task).returning(Task.id), [{"user_id": user, "title": t} for t in titles]
             )
@@ -33,8 +31,8 @@ async def seed(sessionmaker: Maker) -> dict[str, list[int]]:
     return ids
 
 
-async def titles_seen_by(sessionmaker: Maker, user: str) -> list[str]:
-    async with user_transaction(sessionmaker, user) as session:
+async def titles_seen_by(sessions: UserSessions, user: str) -> list[str]:
+    async with sessions.transaction(user) as session:
         return sorted(await session.scalars(select(Task.title)))
 
 
@@ -52,25 +50,25 @@ def assert_rls_violation(exc: pytest.ExceptionInfo[DBAPIError]) -> None:
 # --- select -------------------------------------------------------------------------
 
 
-async def test_unfiltered_select_returns_only_the_current_users_rows(sessionmaker: Maker) -> None:
-    await seed(sessionmaker)
-    async with user_transaction(sessionmaker, "alice") as session:
+async def test_unfiltered_select_returns_only_the_current_users_rows(sessions: UserSessions) -> None:
+    await seed(sessions)
+    async with sessions.transaction("alice") as session:
         rows = (await session.scalars(select(Task))).all()
     assert sorted((row.user_id, row.title) for row in rows) == [("alice", "a1"), ("alice", "a2")]
-    assert await titles_seen_by(sessionmaker, "bob") == ["b1"]
+    assert await titles_seen_by(sessions, "bob") == ["b1"]
 
 
-async def test_select_by_another_users_id_finds_nothing(sessionmaker: Maker) -> None:
-    ids = await seed(sessionmaker)
-    async with user_transaction(sessionmaker, "alice") as session:
+async def test_select_by_another_users_id_finds_nothing(sessions: UserSessions) -> None:
+    ids = await seed(sessions)
+    async with sessions.transaction("alice") as session:
         assert await session.scalar(select(Task).where(Task.id == ids["bob"][0])) is None
         assert await session.scalar(select(func.count()).select_from(Task).where(Task.user_id == "bob")) == 0
 
 
 @pytest.mark.parametrize("context", [None, ""])
-async def test_without_a_user_nothing_is_visible(sessionmaker: Maker, context: str | None) -> None:
-    await seed(sessionmaker)
-    async with sessionmaker() as session, session.begin():
+async def test_without_a_user_nothing_is_visible(sessions: UserSessions, context: str | None) -> None:
+    await seed(sessions)
+    async with sessions.sessionmaker() as session, session.begin():
         if context is not None:
             await session.execute(text("select set_config('app.user_id', :v, true)"), {"v": context})
         assert (await session.scalars(select(Task))).all() == []
@@ -80,73 +78,79 @@ async def test_without_a_user_nothing_is_visible(sessionmaker: Maker, context: s
 
 
 async def test_insert_of_another_users_row_is_a_policy_violation(
-    sessionmaker: Maker, admin_conn: psycopg.Connection
+    sessions: UserSessions, admin_conn: psycopg.Connection
 ) -> None:
-    await seed(sessionmaker)
+    await seed(sessions)
     with pytest.raises(DBAPIError) as exc:
-        async with user_transaction(sessionmaker, "alice") as session:
+        async with sessions.transaction("alice") as session:
             await session.execute(insert(Task).values(user_id="bob", title="forged"))
     assert_rls_violation(exc)
     assert ("bob", "forged") not in await all_titles(admin_conn)
 
 
 async def test_insert_without_a_user_is_a_policy_violation(
-    sessionmaker: Maker, admin_conn: psycopg.Connection
+    sessions: UserSessions, admin_conn: psycopg.Connection
 ) -> None:
     with pytest.raises(DBAPIError) as exc:
-        async with sessionmaker() as session, session.begin():
+        async with sessions.sessionmaker() as session, session.begin():
             await session.execute(insert(Task).values(user_id="alice", title="orphan"))
     assert_rls_violation(exc)
     assert await all_titles(admin_conn) == []
 
 
-async def test_insert_of_own_row_succeeds(sessionmaker: Maker) -> None:
-    async with user_transaction(sessionmaker, "alice") as session:
+async def test_insert_of_own_row_succeeds(sessions: UserSessions) -> None:
+    async with sessions.transaction("alice") as session:
         await session.execute(insert(Task).values(user_id="alice", title="mine"))
-    assert await titles_seen_by(sessionmaker, "alice") == ["mine"]
+    assert await titles_seen_by(sessions, "alice") == ["mine"]
 
 
 # --- update -------------------------------------------------------------------------
 
 
 async def test_unfiltered_update_touches_only_the_current_users_rows(
-    sessionmaker: Maker, admin_conn: psycopg.Connection
+    sessions: UserSessions, admin_conn: psycopg.Connection
 ) -> None:
-    await seed(sessionmaker)
-    async with user_transaction(sessionmaker, "alice") as session:
+    await seed(sessions)
+    async with sessions.transaction("alice") as session:
         result = await session.execute(update(Task).values(title="changed"))
     assert result.rowcount == 2  # type: ignore[attr-defined]
     assert await all_titles(admin_conn) == [("alice", "changed"), ("alice", "changed"), ("bob", "b1")]
 
 
 async def test_update_of_another_users_row_by_id_touches_nothing(
-    sessionmaker: Maker, admin_conn: psycopg.Connection
+    sessions: UserSessions, admin_conn: psycopg.Connection
 ) -> None:
-    ids = await seed(sessionmaker)
-    async with user_transaction(sessionmaker, "alice") as session:
+    ids = await seed(sessions)
+    async with sessions.transaction("alice") as session:
         result = await session.execute(update(Task).where(Task.id == ids["bob"][0]).values(title="x"))
     assert result.rowcount == 0  # type: ignore[attr-defined]
     assert ("bob", "b1") in await all_titles(admin_conn)
 
 
-async def test_update_that_gives_a_row_away_is_a_policy_violation(
-    sessionmaker: Maker, admin_conn: psycopg.Connection
+async def test_update_that_gives_a_row_away_is_refused(
+    sessions: UserSessions, admin_conn: psycopg.Connection
 ) -> None:
-    await seed(sessionmaker)
+    await seed(sessions)
     with pytest.raises(DBAPIError) as exc:
-        async with user_transaction(sessionmaker, "alice") as session:
+        async with sessions.transaction("alice") as session:
             await session.execute(update(Task).values(user_id="bob"))
-    assert_rls_violation(exc)
+    # Refused twice over: todo_app may not update user_id at all (column grants), and
+    # the update policy's WITH CHECK would refuse a row that is not the user's.
+    assert getattr(exc.value.orig, "sqlstate", None) == "42501"
     assert await all_titles(admin_conn) == [("alice", "a1"), ("alice", "a2"), ("bob", "b1")]
 
 
-async def test_update_without_a_user_touches_nothing(
-    sessionmaker: Maker, admin_conn: psycopg.Connection
+async def test_update_policy_refuses_a_row_that_leaves_the_user(
+    sessions: UserSessions, admin_conn: psycopg.Connection
 ) -> None:
-    await seed(sessionmaker)
-    async with sessionmaker() as session, session.begin():
-        result = await session.execute(update(Task).values(title="x"))
-    assert result.rowcount == 0  # type: ignore[attr-defined]
+    """The update policy's WITH CHECK on its own: with the column grant that normally
+    stops this lifted (in this test's own database), the policy still refuses."""
+    await seed(sessions)
+    admin_conn.execute("grant update (user_id) on tasks to todo_app")
+    with pytest.raises(DBAPIError) as exc:
+        async with sessions.transaction("alice") as session:
+            await session.execute(update(Task).values(user_id="bob"))
+    assert_rls_violation(exc)
     assert await all_titles(admin_conn) == [("alice", "a1"), ("alice", "a2"), ("bob", "b1")]
 
 
@@ -154,20 +158,20 @@ async def test_update_without_a_user_touches_nothing(
 
 
 async def test_unfiltered_delete_removes_only_the_current_users_rows(
-    sessionmaker: Maker, admin_conn: psycopg.Connection
+    sessions: UserSessions, admin_conn: psycopg.Connection
 ) -> None:
-    await seed(sessionmaker)
-    async with user_transaction(sessionmaker, "alice") as session:
+    await seed(sessions)
+    async with sessions.transaction("alice") as session:
         result = await session.execute(delete(Task))
     assert result.rowcount == 2  # type: ignore[attr-defined]
     assert await all_titles(admin_conn) == [("bob", "b1")]
 
 
 async def test_delete_without_a_user_removes_nothing(
-    sessionmaker: Maker, admin_conn: psycopg.Connection
+    sessions: UserSessions, admin_conn: psycopg.Connection
 ) -> None:
-    await seed(sessionmaker)
-    async with sessionmaker() as session, session.begin():
+    await seed(sessions)
+    async with sessions.sessionmaker() as session, session.begin():
         result = await session.execute(delete(Task))
     assert result.rowcount == 0  # type: ignore[attr-defined]
     assert len(await all_titles(admin_conn)) == 3
@@ -178,16 +182,16 @@ async def test_delete_without_a_user_removes_nothing(
 
 async def test_users_in_turn_on_one_pooled_connection_never_see_each_other(settings: Settings) -> None:
     engine = create_engine(settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
-    sessionmaker = create_sessionmaker(engine)
+    sessions = UserSessions(engine, TEST_CONTEXT_KEY.encode(), settings.rls_context_ttl)
     try:
-        await seed(sessionmaker)
+        await seed(sessions)
         pids = set()
         for user, expected in [("alice", ["a1", "a2"]), ("bob", ["b1"]), ("alice", ["a1", "a2"])]:
-            async with user_transaction(sessionmaker, user) as session:
+            async with sessions.transaction(user) as session:
                 pids.add(await session.scalar(text("select pg_backend_pid()")))
                 assert sorted(await session.scalars(select(Task.title))) == expected
             # Back in the pool, the connection carries no user: the setting ended with the transaction.
-            async with sessionmaker() as session, session.begin():
+            async with sessions.sessionmaker() as session, session.begin():
                 pids.add(await session.scalar(text("select pg_backend_pid()")))
                 assert await session.scalar(text("select current_setting('app.user_id', true)")) == ""
                 assert (await session.scalars(select(Task))).all() == []
@@ -198,13 +202,13 @@ async def test_users_in_turn_on_one_pooled_connection_never_see_each_other(setti
 
 async def test_context_does_not_survive_a_rolled_back_request(settings: Settings) -> None:
     engine = create_engine(settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
-    sessionmaker = create_sessionmaker(engine)
+    sessions = UserSessions(engine, TEST_CONTEXT_KEY.encode(), settings.rls_context_ttl)
     try:
-        await seed(sessionmaker)
+        await seed(sessions)
         with pytest.raises(RuntimeError):
-            async with user_transaction(sessionmaker, "alice"):
+            async with sessions.transaction("alice"):
                 raise RuntimeError("the request failed")
-        async with sessionmaker() as session, session.begin():
+        async with sessions.sessionmaker() as session, session.begin():
             assert (await session.scalars(select(Task))).all() == []
     finally:
         await engine.dispose()
@@ -213,8 +217,8 @@ async def test_context_does_not_survive_a_rolled_back_request(settings: Settings
 # --- other roles --------------------------------------------------------------------
 
 
-async def test_the_owner_role_is_held_to_rls_too(db_url: DbUrls, sessionmaker: Maker) -> None:
-    await seed(sessionmaker)
+async def test_the_owner_role_is_held_to_rls_too(db_url: DbUrls, sessions: UserSessions) -> None:
+    await seed(sessions)
     with psycopg.connect(db_url.owner) as conn:
         assert conn.execute("select count(*) from tasks").fetchone() == (0,)
         conn.execute("select set_config('app.user_id', 'alice', true)")

@@ -19,7 +19,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.execute("create schema if not exists app")
+    # sql/ files hold the current definitions and are written to be re-run: this applies
+    # today's functions.sql, and later revisions apply it again when it changes.
     apply_sql("functions.sql")
     op.create_table(
         "tasks",
@@ -42,5 +43,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("tasks")
-    op.execute("drop function if exists app.current_user_id()")
-    op.execute("drop schema if exists app")
+    op.execute("drop schema if exists app cascade")

@@ -6,7 +6,13 @@ alter table tasks enable row level security;
 -- so a connection as the owner (a mistaken DATABASE_URL, say) sees and changes no rows.
 alter table tasks force row level security;
 
-grant select, insert, update, delete on tasks to todo_app;
+-- Only the columns a user may set. id and created_at come from the database, so no
+-- statement can pick an id to probe whether another user's row has it (a primary key
+-- check sees every row, row-level security or not); user_id is fixed once written.
+revoke all on tasks from todo_app;
+grant select, delete on tasks to todo_app;
+grant insert (user_id, title, description, completed) on tasks to todo_app;
+grant update (title, description, completed, updated_at) on tasks to todo_app;
 
 drop policy if exists tasks_select_own on tasks;
 create policy tasks_select_own on tasks

@@ -1,0 +1,212 @@
+"""`todo-api audit`: a clean database passes, and each kind of problem is found and named."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from app.audit import audit_database
+from app.cli import cli
+from app.config import OWNER_ROLE, RUNTIME_ROLE
+from tests.conftest import DbUrls, Server
+
+POLICIES = ["tasks_delete_own", "tasks_insert_own", "tasks_select_own", "tasks_update_own"]
+CONFIG_VARIABLES = ("DATABASE_URL", "MIGRATIONS_DATABASE_URL", "DATA_DIR")
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No configuration from the developer's environment or .env; returns a data dir."""
+    for name in CONFIG_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def audit_json(*args: str) -> tuple[int, dict[str, Any]]:
+    result = CliRunner().invoke(cli, ["audit", "--json", *args])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def codes(document: dict[str, Any]) -> list[str]:
+    return [problem["code"] for problem in document["problems"]]
+
+
+def test_a_clean_database_passes_as_the_owner_by_default(
+    db_url: DbUrls, clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No --database-url: the owner's URL, as `migrate` would use.
+    monkeypatch.setenv("DATABASE_URL", db_url.runtime)
+    monkeypatch.setenv("MIGRATIONS_DATABASE_URL", db_url.owner)
+    exit_code, document = audit_json()
+
+    assert exit_code == 0, document["problems"]
+    assert document["ok"] is True
+    assert document["problems"] == []
+    assert document["database"]["connected_as"] == OWNER_ROLE
+    assert document["drift"] == {"checked": True, "tables": {}}
+    tasks = document["tables"]["tasks"]
+    assert tasks["holds_user_data"] is True
+    assert tasks["policy_file"] == "policies/tasks.sql"
+    assert tasks["rls_enabled"] is tasks["rls_forced"] is True
+    assert "SELECT" in tasks["runtime_grants"]
+    assert [policy["name"] for policy in tasks["policies"]] == POLICIES
+    by_name = {policy["name"]: policy for policy in tasks["policies"]}
+    assert by_name["tasks_select_own"]["command"] == "SELECT"
+    assert by_name["tasks_select_own"]["roles"] == [RUNTIME_ROLE]
+    assert "app.current_user_id()" in by_name["tasks_update_own"]["using"]
+    assert "app.current_user_id()" in by_name["tasks_update_own"]["with_check"]
+    role = document["runtime_role"]
+    assert role["name"] == RUNTIME_ROLE
+    assert [role[key] for key in ("superuser", "bypassrls", "createrole", "createdb")] == [False] * 4
+    assert role["memberships"] == role["owned_objects"] == role["owned_user_tables"] == []
+
+    human = CliRunner().invoke(cli, ["audit"])
+    assert human.exit_code == 0
+    assert "tasks_select_own" in human.stdout
+    assert "no problems" in human.stdout
+
+
+def test_a_superuser_can_audit_too(db_url: DbUrls) -> None:
+    report = audit_database(db_url.admin)
+    assert report.ok, report.problems
+    assert report.drift == {}
+
+
+# Each change is made as the superuser, the way a hand edit on a live database would be.
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("alter table tasks disable row level security", ["rls_disabled"]),
+        ("alter table tasks no force row level security", ["rls_not_forced"]),
+        ("alter policy tasks_select_own on tasks using (true)", ["policy_changed"]),
+        ("drop policy tasks_delete_own on tasks", ["policy_missing"]),
+        ("create policy tasks_peek on tasks for select to todo_app using (true)", ["policy_unexpected"]),
+        ("grant truncate on tasks to todo_app", ["grants_drift"]),
+    ],
+    ids=["rls-disabled", "not-forced", "policy-edited", "policy-dropped", "policy-added", "grant-added"],
+)
+def test_each_change_to_tasks_is_a_problem(
+    db_url: DbUrls, admin_conn: psycopg.Connection, change: str, expected: list[str]
+) -> None:
+    admin_conn.execute(change)
+    exit_code, document = audit_json("--database-url", db_url.owner)
+    assert exit_code == 1
+    assert document["ok"] is False
+    assert codes(document) == expected
+    assert {problem["subject"] for problem in document["problems"]} == {"tasks"}
+
+
+def test_a_policy_edited_live_is_named_with_what_changed(
+    db_url: DbUrls, admin_conn: psycopg.Connection
+) -> None:
+    admin_conn.execute("alter policy tasks_select_own on tasks using (true)")
+    report = audit_database(db_url.owner)
+    [problem] = report.problems
+    assert problem.message.startswith(
+        "policy tasks_select_own on tasks was changed in the database: using is 'true'"
+    )
+    live, declared = report.drift["tasks"]["policies"].values()  # type: ignore[index]
+    assert [p["using"] for p in live if p["name"] == "tasks_select_own"] == ["true"]
+    assert [p["using"] for p in declared if p["name"] == "tasks_select_own"] != ["true"]
+
+
+def test_a_new_table_of_user_data_without_rls_is_a_problem(
+    db_url: DbUrls, admin_conn: psycopg.Connection
+) -> None:
+    admin_conn.execute("create table notes (id bigint primary key, user_id text not null, body text)")
+    # As a migration would leave it: owned by the owner role, so drift is still checked.
+    admin_conn.execute(f"alter table notes owner to {OWNER_ROLE}")
+    exit_code, document = audit_json("--database-url", db_url.owner)
+    assert exit_code == 1
+    assert codes(document) == ["rls_disabled", "rls_not_forced", "no_policies", "no_policy_file"]
+    assert {problem["subject"] for problem in document["problems"]} == {"notes"}
+    assert document["tables"]["notes"]["holds_user_data"] is True
+    assert document["drift"]["checked"] is True
+
+
+@pytest.fixture
+def runtime_role_change(admin_conn: psycopg.Connection, request: pytest.FixtureRequest) -> Iterator[None]:
+    """Alter the runtime role (cluster-wide, shared by every test) and always undo it."""
+    change, undo = request.param
+    admin_conn.execute(change)
+    try:
+        yield
+    finally:
+        admin_conn.execute(undo)
+
+
+@pytest.mark.parametrize(
+    ("runtime_role_change", "expected"),
+    [
+        (
+            (f"alter role {RUNTIME_ROLE} bypassrls", f"alter role {RUNTIME_ROLE} nobypassrls"),
+            ["runtime_role_bypassrls"],
+        ),
+        (
+            (f"grant {OWNER_ROLE} to {RUNTIME_ROLE}", f"revoke {OWNER_ROLE} from {RUNTIME_ROLE}"),
+            ["runtime_role_owns_user_tables", "runtime_role_member_of_roles"],
+        ),
+    ],
+    ids=["bypassrls", "member-of-owner"],
+    indirect=["runtime_role_change"],
+)
+def test_an_unsafe_runtime_role_is_a_problem(
+    db_url: DbUrls, runtime_role_change: None, expected: list[str]
+) -> None:
+    exit_code, document = audit_json("--database-url", db_url.owner)
+    assert exit_code == 1
+    assert codes(document) == expected
+    assert {problem["subject"] for problem in document["problems"]} == {RUNTIME_ROLE}
+
+    human = CliRunner().invoke(cli, ["audit", "--database-url", db_url.owner])
+    assert human.exit_code == 1
+    assert expected[0] in human.stdout
+    assert "no problems" not in human.stdout
+
+
+def test_a_role_that_cannot_apply_the_files_reports_drift_as_unchecked(db_url: DbUrls) -> None:
+    exit_code, document = audit_json("--database-url", db_url.runtime)
+    assert exit_code == 1
+    assert codes(document) == ["drift_unchecked"]
+    assert "must be owner" in document["problems"][0]["message"]
+    assert document["drift"] == {"checked": False, "tables": {}}
+    # What it can read is still reported.
+    assert document["tables"]["tasks"]["rls_forced"] is True
+
+
+def test_a_url_naming_a_sqlalchemy_driver_is_accepted(db_url: DbUrls) -> None:
+    url = db_url.owner.replace("postgresql://", "postgresql+asyncpg://", 1)
+    assert audit_database(url).ok
+
+
+def test_a_database_it_cannot_reach_is_a_problem(pg_server: Server) -> None:
+    exit_code, document = audit_json("--database-url", pg_server.url("todo_test_no_such_db", OWNER_ROLE))
+    assert exit_code == 1
+    assert codes(document) == ["cannot_connect"]
+    assert "todo_test_no_such_db" in document["problems"][0]["message"]
+    assert document["tables"] == {} and document["drift"]["checked"] is False
+
+
+def test_the_embedded_default_is_started_audited_as_is_and_stopped(clean_env: Path) -> None:
+    # A fresh data dir: roles and database exist, nothing is migrated (an audit changes nothing).
+    exit_code, document = audit_json()
+    assert exit_code == 0, document["problems"]
+    assert document["database"] == {**document["database"], "name": "todo", "connected_as": OWNER_ROLE}
+    assert document["tables"] == {}
+    assert document["runtime_role"]["name"] == RUNTIME_ROLE
+    assert not (clean_env / "pgdata" / "postmaster.pid").exists(), "the embedded server was left running"
+
+
+def test_a_constraint_that_leaks_existence_is_a_problem(
+    admin_conn: psycopg.Connection, db_url: DbUrls
+) -> None:
+    admin_conn.execute("create unique index tasks_title_key on tasks (title)")
+    report = audit_database(db_url.owner)
+    assert [p.code for p in report.problems] == ["existence_leak"]
+    assert "tasks_title_key" in report.problems[0].message

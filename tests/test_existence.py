@@ -1,0 +1,103 @@
+"""No constraint error tells a user about another user's rows.
+
+Unique, primary-key and foreign-key checks see every row, row-level security or not."""
+
+import httpx
+import psycopg
+import pytest
+from fastapi import status
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from app.errors import install_error_handlers
+from app.policies import existence_leaks
+from app.session import UserSessions
+from tests.tokens import auth
+
+
+def test_the_schema_has_no_constraint_that_leaks_existence(admin_conn: psycopg.Connection) -> None:
+    assert existence_leaks(admin_conn) == []
+
+
+def test_a_unique_index_without_user_id_is_caught(admin_conn: psycopg.Connection) -> None:
+    admin_conn.execute("create unique index tasks_title_key on tasks (title)")
+    assert existence_leaks(admin_conn) == ["unique index tasks_title_key on tasks does not include user_id"]
+
+
+def test_a_foreign_key_without_user_id_is_caught(admin_conn: psycopg.Connection) -> None:
+    admin_conn.execute(
+        "create table notes (id bigint generated always as identity primary key,"
+        " user_id varchar(255) not null, task_id bigint references tasks (id))"
+    )
+    assert existence_leaks(admin_conn) == [
+        "foreign key notes_task_id_fkey on notes does not pair user_id with user_id"
+    ]
+    admin_conn.execute("alter table notes drop constraint notes_task_id_fkey")
+    admin_conn.execute("alter table tasks add constraint tasks_user_id_id_key unique (user_id, id)")
+    admin_conn.execute("alter table notes add foreign key (user_id, task_id) references tasks (user_id, id)")
+    assert existence_leaks(admin_conn) == []
+
+
+async def test_the_runtime_role_cannot_choose_an_id_to_probe_with(sessions: UserSessions) -> None:
+    async with sessions.transaction("bob") as session:
+        bobs = await session.scalar(
+            text("insert into tasks (user_id, title) values ('bob', 'x') returning id")
+        )
+    with pytest.raises(DBAPIError) as exc:
+        async with sessions.transaction("alice") as session:
+            await session.execute(
+                text(
+                    "insert into tasks (id, user_id, title) overriding system value"
+                    " values (:id, 'alice', 'probe')"
+                ),
+                {"id": bobs},
+            )
+    # Refused for lack of privilege on the column, before any uniqueness check could run.
+    assert getattr(exc.value.orig, "sqlstate", None) == "42501"
+    assert "permission denied" in str(exc.value.orig)
+
+
+async def test_a_per_user_unique_constraint_answers_409_to_its_user_only(
+    admin_conn: psycopg.Connection, client: httpx.AsyncClient
+) -> None:
+    admin_conn.execute("create unique index tasks_user_title_key on tasks (user_id, title)")
+    first = await client.post("/api/alice/tasks", json={"title": "same"}, headers=auth("alice"))
+    assert first.status_code == 201
+    duplicate = await client.post("/api/alice/tasks", json={"title": "same"}, headers=auth("alice"))
+    assert duplicate.status_code == status.HTTP_409_CONFLICT
+    assert duplicate.json() == {"detail": "conflicts with an existing resource"}
+    assert "tasks_user_title_key" not in duplicate.text
+    # Another user's equal title is no conflict, and nothing hints that alice has one.
+    other = await client.post("/api/bob/tasks", json={"title": "same"}, headers=auth("bob"))
+    assert other.status_code == 201
+
+
+async def test_a_reference_to_another_users_row_answers_404(
+    admin_conn: psycopg.Connection, sessions: UserSessions
+) -> None:
+    admin_conn.execute("alter table tasks add constraint tasks_user_id_id_key unique (user_id, id)")
+    admin_conn.execute(
+        "create table notes (user_id varchar(255) not null, task_id bigint not null,"
+        " foreign key (user_id, task_id) references tasks (user_id, id))"
+    )
+    admin_conn.execute("grant insert, select on notes to todo_app")
+    async with sessions.transaction("bob") as session:
+        bobs = await session.scalar(
+            text("insert into tasks (user_id, title) values ('bob', 'x') returning id")
+        )
+    with pytest.raises(DBAPIError) as exc:
+        async with sessions.transaction("alice") as session:
+            await session.execute(
+                text("insert into notes (user_id, task_id) values ('alice', :id)"), {"id": bobs}
+            )
+    assert getattr(exc.value.orig, "sqlstate", None) == "23503"
+
+    # What a client would get from that error: the same 404 as a missing row.
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    install_error_handlers(app)
+    handler = app.exception_handlers[DBAPIError]
+    response = await handler(None, exc.value)  # type: ignore[arg-type]
+    assert response.status_code == 404
+    assert response.body == b'{"detail":"Not found"}'
