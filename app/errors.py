@@ -5,14 +5,30 @@ Nothing raw reaches a client: no SQL text, no constraint name, no stack trace.
 
 import logging
 
+import asyncpg
 from fastapi import FastAPI, Request, status
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.routing import Match
+
+from app.logs import NO_REQUEST, request_id_var
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "1"
+UNAVAILABLE = "the database is unavailable, try again shortly"
+
+
+class ErrorBody(BaseModel):
+    """Every error answers `{"detail": ...}`; a 422 keeps FastAPI's list of field errors."""
+
+    detail: str
 
 
 class NotFound(Exception):
@@ -27,12 +43,18 @@ def _json(status_code: int, detail: str, headers: dict[str, str] | None = None) 
     return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
 
 
-def _unavailable() -> JSONResponse:
-    return _json(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        "the database is unavailable, try again shortly",
-        {"Retry-After": RETRY_AFTER_SECONDS},
-    )
+def _unavailable(detail: str = UNAVAILABLE) -> JSONResponse:
+    return _json(status.HTTP_503_SERVICE_UNAVAILABLE, detail, {"Retry-After": RETRY_AFTER_SECONDS})
+
+
+def _sqlstate_response(sqlstate: str) -> JSONResponse | None:
+    mapped = _BY_SQLSTATE.get(sqlstate) or _BY_SQLSTATE.get(sqlstate[:2])
+    if mapped is None:
+        return None
+    status_code, detail = mapped
+    log.warning("database error %s answered %d", sqlstate, status_code)
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status_code == 503 else None
+    return _json(status_code, detail, headers)
 
 
 # SQLSTATE -> (status, detail). Classes are matched by their first two characters.
@@ -41,11 +63,17 @@ _BY_SQLSTATE: dict[str, tuple[int, str]] = {
     "23505": (status.HTTP_409_CONFLICT, "conflicts with an existing resource"),
     "23503": (status.HTTP_404_NOT_FOUND, "Not found"),  # a reference to a row you cannot see
     "23514": (status.HTTP_422_UNPROCESSABLE_CONTENT, "a value is out of range"),
+    # Serialization failure, deadlock: the transaction was rolled back whole, so the
+    # client can send the same request again (Retry-After).
     "40001": (status.HTTP_503_SERVICE_UNAVAILABLE, "a concurrent change conflicted, try again"),
     "40P01": (status.HTTP_503_SERVICE_UNAVAILABLE, "a concurrent change conflicted, try again"),
     "22": (status.HTTP_422_UNPROCESSABLE_CONTENT, "a value is not valid"),
-    "08": (status.HTTP_503_SERVICE_UNAVAILABLE, "the database is unavailable, try again shortly"),
-    "57": (status.HTTP_503_SERVICE_UNAVAILABLE, "the database is unavailable, try again shortly"),
+    "08": (status.HTTP_503_SERVICE_UNAVAILABLE, UNAVAILABLE),
+    # statement_timeout (set by a DBA on the role) cancels a statement with 57014.
+    "57014": (status.HTTP_503_SERVICE_UNAVAILABLE, "the database took too long to answer, try again"),
+    # Shutting down, starting up, restarting (57P01..57P03): the server will be back.
+    "57": (status.HTTP_503_SERVICE_UNAVAILABLE, UNAVAILABLE),
+    "53": (status.HTTP_503_SERVICE_UNAVAILABLE, UNAVAILABLE),  # out of connections, memory, disk
 }
 
 
@@ -60,30 +88,84 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database connection lost: %s", type(exc.orig).__name__)
         return _unavailable()
     sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-    mapped = _BY_SQLSTATE.get(sqlstate) or _BY_SQLSTATE.get(sqlstate[:2])
-    if mapped is None:
+    response = _sqlstate_response(sqlstate)
+    if response is None:
         log.error("database error %s", sqlstate or "without SQLSTATE", exc_info=exc)
         return _json(status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
-    status_code, detail = mapped
-    log.warning("database error %s answered %d", sqlstate, status_code)
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status_code == 503 else None
-    return _json(status_code, detail, headers)
+    return response
+
+
+async def _connect_refused(request: Request, exc: Exception) -> JSONResponse:
+    """An error from the server while opening a connection, which SQLAlchemy passes on
+    unwrapped: "the database system is shutting down" (57P03), too many clients (53300),
+    a password refused (28P01)."""
+    assert isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError)
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    if sqlstate.startswith("28"):
+        # Wrong credentials are the operator's problem; the client can only wait.
+        log.error("the database refused the service's credentials (%s)", sqlstate)
+        return _unavailable()
+    response = _sqlstate_response(sqlstate)
+    if response is None:
+        log.warning("database connection failed: %s %s", type(exc).__name__, sqlstate)
+        return _unavailable()
+    return response
 
 
 async def _unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, TimeoutError):
+        # DB_CONNECT_TIMEOUT or DB_STATEMENT_TIMEOUT ran out.
+        log.warning("database did not answer in time")
+        return _unavailable("the database took too long to answer, try again")
     log.warning("database unreachable: %s", type(exc).__name__)
     return _unavailable()
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _methods_allowed(request: Request) -> list[str]:
+    """The methods some route of the app answers at this request's path."""
+    # A fresh scope: the request's own carries what routing has already put in it.
+    scope = request.scope
+    probe = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", ""), "headers": []}
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**probe, "method": method})[0] is Match.FULL for route in request.app.routes)
+    ]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's JSON answer, but a 405's Allow lists every method of the path (Starlette
+    names only those of the first route that matches it)."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == status.HTTP_400_BAD_REQUEST and isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI's own 400 for a body that is not even UTF-8: like any other body that
+        # is not JSON, a 422 naming the body.
+        error = {"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {}}
+        return await request_validation_exception_handler(request, RequestValidationError([error]))
+    if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+        allowed = ", ".join(_methods_allowed(request))
+        exc = StarletteHTTPException(exc.status_code, exc.detail, {**(exc.headers or {}), "Allow": allowed})
+    return await http_exception_handler(request, exc)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _json(status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
+    # This handler runs outside the request-id middleware, so it sets the header itself.
+    request_id = request_id_var.get()
+    headers = None if request_id == NO_REQUEST else {"X-Request-ID": request_id}
+    return _json(status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error", headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(DBAPIError, _database_error)
     # A pool with no free connection, or a server that refuses connections.
     app.add_exception_handler(PoolTimeoutError, _unavailable_handler)
     app.add_exception_handler(OSError, _unavailable_handler)
+    app.add_exception_handler(asyncpg.PostgresError, _connect_refused)
+    app.add_exception_handler(asyncpg.InterfaceError, _connect_refused)
     app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,122 @@
+"""Rate limits, with the `limits` library: all requests per client address (middleware),
+and writes per user (a dependency, once the token has said who the user is).
+
+Counters live in memory (one process) or in Redis (shared by every instance behind a
+load balancer). If Redis cannot be reached, requests go through and the failure is
+logged: the limits protect the service, they are not worth an outage of their own.
+"""
+
+import logging
+import math
+import time
+
+from fastapi import HTTPException, Request, status
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.auth import CurrentSubject
+from app.config import Settings
+
+log = logging.getLogger(__name__)
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Probes and scrapes come from the load balancer and the monitoring, often from one
+# address, and must keep answering when clients are being throttled.
+UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def storage_uri(settings: Settings) -> str:
+    """limits' asyncio storage URI for RATE_LIMIT_STORAGE (memory://, redis://, rediss://, ...)."""
+    uri = settings.rate_limit_storage
+    return uri if uri.startswith("async+") else f"async+{uri}"
+
+
+class RateLimiter:
+    def __init__(self, settings: Settings) -> None:
+        self.storage: Storage = storage_from_string(storage_uri(settings), wrap_exceptions=True)  # type: ignore[assignment]
+        self._strategy = SlidingWindowCounterRateLimiter(self.storage)
+        self._requests = self._parse(settings.rate_limit_requests)
+        self._writes = self._parse(settings.rate_limit_writes)
+        self._auth = self._parse(settings.rate_limit_auth)
+
+    @staticmethod
+    def _parse(value: str) -> list[RateLimitItem]:
+        return parse_many(value) if value.strip() else []
+
+    async def _retry_after(self, items: list[RateLimitItem], *key: str) -> int | None:
+        """Count one hit against every item; None if all allow it, else seconds to wait."""
+        for item in items:
+            try:
+                if await self._strategy.hit(item, *key):
+                    continue
+                stats = await self._strategy.get_window_stats(item, *key)
+            except StorageError as exc:
+                reason = type(exc.storage_error).__name__
+                log.warning("rate limit storage unavailable, not limiting: %s", reason)
+                return None
+            return max(1, math.ceil(stats.reset_time - time.time()))
+        return None
+
+    async def client_retry_after(self, address: str) -> int | None:
+        return await self._retry_after(self._requests, "client", address)
+
+    async def writes_retry_after(self, user_id: str) -> int | None:
+        return await self._retry_after(self._writes, "writes", user_id)
+
+    async def auth_retry_after(self, action: str, address: str, email: str) -> int | None:
+        """RATE_LIMIT_AUTH for `action` (register, log-in), per client address and per email:
+        guessing passwords from many addresses, or many emails from one, is throttled alike."""
+        by_address = await self._retry_after(self._auth, action, "client", address)
+        by_email = await self._retry_after(self._auth, action, "email", email)
+        if by_address is None and by_email is None:
+            return None
+        return max(by_address or 0, by_email or 0)
+
+
+def too_many(retry_after: int, detail: str) -> JSONResponse:
+    return JSONResponse(
+        {"detail": detail},
+        status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+class ClientRateLimitMiddleware:
+    """RATE_LIMIT_REQUESTS per client address. Behind a proxy the address is the one the
+    proxy reports, when uvicorn trusts it (FORWARDED_ALLOW_IPS)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = client[0] if client else "unknown"
+        limiter: RateLimiter = scope["app"].state.rate_limiter
+        retry_after = await limiter.client_retry_after(address)
+        if retry_after is None:
+            await self.app(scope, receive, send)
+            return
+        log.warning("rate limited client %s", address)
+        await too_many(retry_after, "too many requests, slow down")(scope, receive, send)
+
+
+async def limit_writes(request: Request, subject: CurrentSubject) -> None:
+    """RATE_LIMIT_WRITES per user, for the methods that change something."""
+    if request.method in READ_METHODS:
+        return
+    retry_after = await request.app.state.rate_limiter.writes_retry_after(subject)
+    if retry_after is not None:
+        log.warning("rate limited writes of a user")
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail="too many changes, slow down",
+            headers={"Retry-After": str(retry_after)},
+        )

@@ -1,0 +1,85 @@
+"""Probes for a load balancer or an orchestrator: is the process up, can it serve."""
+
+import asyncio
+import logging
+from functools import cache
+from typing import Annotated, Any
+
+import asyncpg
+from alembic.script import ScriptDirectory
+from fastapi import APIRouter, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from app.paths import MIGRATIONS_DIR
+
+log = logging.getLogger(__name__)
+
+# Probes are for the load balancer and the operators (README, docs/deploy.md), not for
+# API clients: they stay out of the OpenAPI document, which describes the tasks API.
+router = APIRouter(tags=["health"], include_in_schema=False)
+
+
+class Alive(BaseModel):
+    status: Annotated[str, Field(examples=["ok"])]
+
+
+class Ready(BaseModel):
+    status: Annotated[str, Field(examples=["ready"])]
+    database_role: Annotated[str, Field(description="The role the service connects as")]
+    migration: Annotated[str, Field(description="The database's migration revision, the code's head")]
+
+
+@cache
+def head_revisions() -> frozenset[str]:
+    """The revisions the code's migrations end at (one, unless history branches)."""
+    return frozenset(ScriptDirectory(str(MIGRATIONS_DIR)).get_heads())
+
+
+def _not_ready(detail: str) -> JSONResponse:
+    log.warning("not ready: %s", detail)
+    return JSONResponse({"detail": detail}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
+@router.get("/healthz", response_model=Alive)
+async def healthz() -> Alive:
+    """The process is up (nothing else is checked)."""
+    return Alive(status="ok")
+
+
+# Why alembic_version could not be read, by SQLSTATE.
+_VERSION_UNREADABLE = {
+    "42501": "the database role {role} may not read alembic_version; `todo-api migrate` grants it",
+    "42P01": "the database has no migrations; run `todo-api migrate`",
+}
+
+
+@router.get("/readyz", response_model=Ready)
+async def readyz(request: Request) -> Any:
+    """The database answers as the runtime role and its migrations are at the code's head."""
+    settings = request.app.state.settings
+    role = "?"
+    try:
+        async with (
+            asyncio.timeout(settings.db_connect_timeout + settings.db_statement_timeout),
+            request.app.state.engine.connect() as connection,
+        ):
+            role = await connection.scalar(text("select current_user"))
+            versions = set((await connection.scalars(text("select version_num from alembic_version"))).all())
+    except DBAPIError as exc:
+        reason = _VERSION_UNREADABLE.get(getattr(exc.orig, "sqlstate", None) or "")
+        if reason and not exc.connection_invalidated:
+            return _not_ready(reason.format(role=role))
+        return _not_ready(f"the database is unavailable ({type(exc.orig).__name__})")
+    except (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # TimeoutError is an OSError: a server that did not answer in time.
+        return _not_ready(f"the database is unavailable ({type(exc).__name__})")
+    expected = head_revisions()
+    if versions != expected:
+        return _not_ready(
+            f"the database's migrations are at {', '.join(sorted(versions)) or 'nothing'}, "
+            f"the code's at {', '.join(sorted(expected))}; run `todo-api migrate`"
+        )
+    return Ready(status="ready", database_role=role, migration=", ".join(sorted(versions)))

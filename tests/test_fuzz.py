@@ -1,0 +1,47 @@
+"""Schemathesis against /openapi.json of the real server: valid tokens, a bounded number
+of examples per operation, no 5xx, and every response as the document describes it."""
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+
+from tests.live_server import LiveService, live_service
+from tests.tokens import make_token
+
+EXAMPLES_PER_OPERATION = 25
+
+# Limits off: a fuzzer from one address would soon be answered 429 only.
+service = live_service("fuzz", rate_limit_requests="", rate_limit_writes="")
+
+
+@pytest.fixture(scope="module")
+def api_schema(service: LiveService) -> schemathesis.BaseSchema:
+    config = schemathesis.Config.from_dict(
+        {
+            "base-url": service.base_url,
+            "headers": {"Authorization": f"Bearer {make_token('alice')}"},
+            # The token's user, so that requests get past the ownership check.
+            "parameters": {"path.user_id": "alice"},
+            "request-timeout": 10,
+        }
+    )
+    # Tasks for alice, so that generated ids find some.
+    service.admin.execute(
+        "insert into tasks (user_id, title) select 'alice', 'seed ' || n from generate_series(1, 20) n"
+    )
+    return schemathesis.openapi.from_url(f"{service.base_url}/openapi.json", config=config)
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(
+    max_examples=EXAMPLES_PER_OPERATION,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_every_operation_answers_as_documented(case: schemathesis.Case) -> None:
+    case.call_and_validate()
