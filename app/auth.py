@@ -1,14 +1,25 @@
-"""Bearer token -> verified subject (the user id), or 401. Knows nothing about the database."""
+"""Bearer token -> verified subject (the user id), or 401. Knows nothing about the database.
+
+Three kinds of token are accepted, each only when configured:
+- HS256 (or another HMAC algorithm in JWT_ALGORITHMS) signed with JWT_SECRET;
+- asymmetric (EdDSA, RS256, ES256, ...) signed by an identity provider whose keys come
+  from a JWKS (JWKS_URL, JWKS_FILE or JWKS), the token's `kid` choosing the key;
+- EdDSA tokens this service issued itself to built-in accounts (its own key).
+The algorithm in the token's header must be configured and must be the algorithm of the
+key it selects, so no token can make one kind of key serve as another.
+"""
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import jwt
 from fastapi import Depends, HTTPException, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2PasswordBearer
 
-from app.config import Settings
+from app.config import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, Settings
+from app.keys import RemoteKeySet, SigningKey, StaticKeySet
 
 log = logging.getLogger(__name__)
 
@@ -19,60 +30,112 @@ bearer_scheme = HTTPBearer(
     scheme_name="bearer",
     description="A JWT whose `sub` is your user id (`todo-api token USER_ID` prints one).",
 )
+# Only for the docs page: its Authorize dialog can then log a built-in account in.
+password_scheme = OAuth2PasswordBearer(
+    tokenUrl="/api/auth/token",
+    scheme_name="password",
+    auto_error=False,
+    description="Built-in accounts: your email and password.",
+)
 
 
 class InvalidToken(Exception):
     """A token that must be refused; the message says why and is safe to show the caller."""
 
 
-class TokenVerifier:
-    """Verifies tokens against the configured secret, algorithms and claims."""
+@dataclass(frozen=True)
+class _Trust:
+    """One source of tokens: its key, and the claims its tokens must carry."""
 
-    def __init__(self, settings: Settings) -> None:
-        if settings.jwt_secret is None:
-            raise ValueError("JWT_SECRET (or BETTER_AUTH_SECRET) is not set")
-        self._key = settings.jwt_secret.get_secret_value()
-        self._algorithms = list(settings.jwt_algorithms)
+    key: Any
+    issuer: str | None
+    audience: str | None
+
+
+class TokenVerifier:
+    """Verifies tokens against the configured keys, algorithms and claims."""
+
+    def __init__(self, settings: Settings, signing_key: SigningKey | None = None) -> None:
+        self._algorithms = frozenset(settings.jwt_algorithms)
+        self._secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        self._keys: StaticKeySet | RemoteKeySet | None = None
+        if settings.jwks_url:
+            self._keys = RemoteKeySet(
+                settings.jwks_url,
+                cache_seconds=settings.jwks_cache_seconds,
+                min_refresh_seconds=settings.jwks_min_refresh_seconds,
+            )
+        elif settings.jwks_file:
+            self._keys = StaticKeySet.from_file(settings.jwks_file)
+        elif settings.jwks:
+            self._keys = StaticKeySet(settings.jwks)
+        self._signing_key = signing_key
+        self._own_key = jwt.PyJWK(signing_key.public_jwk).key if signing_key else None
+        if self._secret is None and self._keys is None and signing_key is None:
+            raise ValueError("configure JWT_SECRET (or BETTER_AUTH_SECRET), a JWKS, or built-in accounts")
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
+        self._own_issuer = settings.token_issuer
         self._leeway = settings.jwt_leeway
+        self._user_claim = settings.jwt_user_claim
 
-    def subject(self, token: str) -> str:
-        """The token's verified `sub`; raises InvalidToken with the reason."""
-        claims = self._decode(token)
-        subject = claims["sub"]
-        if not subject or len(subject) > MAX_SUBJECT_LENGTH or "\x00" in subject:
-            raise InvalidToken(f"token 'sub' must be 1 to {MAX_SUBJECT_LENGTH} characters, without NUL")
-        return subject
-
-    def issue(self, subject: str, ttl_seconds: int, **claims: Any) -> str:
-        """A token for `subject`, signed the way this verifier accepts (for the CLI and tests)."""
-        now = int(time.time())
-        payload = {"sub": subject, "iat": now, "exp": now + ttl_seconds, **claims}
-        if self._issuer is not None:
-            payload.setdefault("iss", self._issuer)
-        if self._audience is not None:
-            payload.setdefault("aud", self._audience)
-        return jwt.encode(payload, self._key, algorithm=self._algorithms[0])
-
-    def _decode(self, token: str) -> dict[str, Any]:
+    async def subject(self, token: str) -> str:
+        """The token's verified user id; raises InvalidToken with the reason."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError as exc:
             raise InvalidToken("malformed token") from exc
-        # Checked before any signature work, so that `alg: none` and every algorithm not
+        algorithm = header.get("alg")
+        trust = await self._trust(algorithm, header.get("kid"))
+        claims = self._decode(token, algorithm, trust)
+        subject = claims[self._user_claim]
+        if not isinstance(subject, str):
+            raise InvalidToken(f"token '{self._user_claim}' must be a string")
+        if not subject or len(subject) > MAX_SUBJECT_LENGTH or "\x00" in subject:
+            raise InvalidToken(
+                f"token '{self._user_claim}' must be 1 to {MAX_SUBJECT_LENGTH} characters, without NUL"
+            )
+        return subject
+
+    async def _trust(self, algorithm: object, kid: object) -> _Trust:
+        # Settled before any signature work, so that `alg: none` and every algorithm not
         # configured fail the same way, whatever the rest of the token says.
-        if header.get("alg") not in self._algorithms:
+        if not isinstance(algorithm, str) or algorithm not in self._algorithms:
             raise InvalidToken("token algorithm is not accepted")
+        if kid is not None and not isinstance(kid, str):
+            raise InvalidToken("malformed token")
+        if algorithm in HMAC_ALGORITHMS:
+            if self._secret is None:
+                raise InvalidToken("token algorithm is not accepted")
+            return _Trust(self._secret, self._issuer, self._audience)
+        if algorithm not in ASYMMETRIC_ALGORITHMS:
+            raise InvalidToken("token algorithm is not accepted")
+        if self._signing_key is not None and kid == self._signing_key.kid:
+            if algorithm != "EdDSA":
+                raise InvalidToken("token algorithm does not match its key")
+            return _Trust(self._own_key, self._own_issuer, self._own_issuer)
+        if self._keys is None:
+            raise InvalidToken("token algorithm is not accepted")
+        jwk = await self._keys.find(kid)
+        if jwk is None:
+            raise InvalidToken("token signing key is not known")
+        if jwk.algorithm_name != algorithm:
+            raise InvalidToken("token algorithm does not match its key")
+        return _Trust(jwk.key, self._issuer, self._audience)
+
+    def _decode(self, token: str, algorithm: str, trust: _Trust) -> dict[str, Any]:
         try:
             return jwt.decode(
                 token,
-                self._key,
-                algorithms=self._algorithms,
-                issuer=self._issuer,
-                audience=self._audience,
+                trust.key,
+                algorithms=[algorithm],
+                issuer=trust.issuer,
+                audience=trust.audience,
                 leeway=self._leeway,
-                options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
+                options={
+                    "require": ["exp", self._user_claim],
+                    "verify_aud": trust.audience is not None,
+                },
             )
         except jwt.ExpiredSignatureError as exc:
             raise InvalidToken("token has expired") from exc
@@ -95,6 +158,27 @@ class TokenVerifier:
         except jwt.InvalidTokenError as exc:
             raise InvalidToken("token is invalid") from exc
 
+    def issue(self, subject: str, ttl_seconds: int, **claims: Any) -> str:
+        """A token for `subject`: with the service's own key when it has one (as for
+        built-in accounts), else with JWT_SECRET (for `todo-api token` and tests)."""
+        now = int(time.time())
+        payload: dict[str, Any] = {self._user_claim: subject, "iat": now, "exp": now + ttl_seconds}
+        if self._signing_key is not None:
+            payload |= {"iss": self._own_issuer, "aud": self._own_issuer, **claims}
+            return self._signing_key.sign(payload)
+        if self._secret is None:
+            raise ValueError("no key to sign with: set JWT_SECRET or enable built-in accounts")
+        if self._issuer is not None:
+            payload["iss"] = self._issuer
+        if self._audience is not None:
+            payload["aud"] = self._audience
+        hmac = sorted(self._algorithms & HMAC_ALGORITHMS)
+        return jwt.encode(payload | claims, self._secret, algorithm=hmac[0] if hmac else "HS256")
+
+    async def aclose(self) -> None:
+        if isinstance(self._keys, RemoteKeySet):
+            await self._keys.aclose()
+
 
 def unauthorized(reason: str, request: Request) -> HTTPException:
     client = request.client.host if request.client else "unknown"
@@ -115,6 +199,7 @@ def unauthorized(reason: str, request: Request) -> HTTPException:
 async def current_subject(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    _docs_login: Annotated[str | None, Depends(password_scheme)],
 ) -> str:
     if credentials is None:
         # HTTPBearer also answers None for a scheme other than Bearer.
@@ -124,7 +209,7 @@ async def current_subject(
         )
     verifier: TokenVerifier = request.app.state.token_verifier
     try:
-        return verifier.subject(credentials.credentials)
+        return await verifier.subject(credentials.credentials)
     except InvalidToken as exc:
         raise unauthorized(str(exc), request) from None
 

@@ -1,9 +1,10 @@
 """The tasks table and the shapes a task takes on the way in and out of the API."""
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, StringConstraints, field_validator
+import pydantic
+from pydantic import ConfigDict, EmailStr, StringConstraints, field_validator
 from sqlalchemy import BigInteger, Column, DateTime, Identity, String, func, text
 from sqlmodel import Field, SQLModel
 
@@ -63,14 +64,23 @@ class TaskReplace(SQLModel):
     completed: bool = False
 
 
+def _non_null_branch(schema: dict[str, Any]) -> None:
+    schema.update(next(branch for branch in schema.pop("anyOf") if branch.get("type") != "null"))
+
+
+# For a PATCH field that may be left out (None is only its default) but not sent as null:
+# the OpenAPI document then says what the validator enforces.
+_NEVER_NULL = pydantic.Field(json_schema_extra=_non_null_branch)
+
+
 class TaskUpdate(SQLModel):
     """PATCH: only the fields given change."""
 
     model_config = _REQUEST
 
-    title: Title | None = None
+    title: Annotated[Title | None, _NEVER_NULL] = None
     description: Description | None = None
-    completed: bool | None = None
+    completed: Annotated[bool | None, _NEVER_NULL] = None
 
     @field_validator("title", "completed", mode="before")
     @classmethod
@@ -89,3 +99,37 @@ class TaskPublic(SQLModel):
     completed: bool
     created_at: datetime
     updated_at: datetime
+
+
+class Account(SQLModel, table=True):
+    """A built-in account. Its password hash lives in account_passwords, out of reach."""
+
+    __tablename__ = "accounts"
+
+    user_id: str = Field(sa_column=Column(String(255), primary_key=True))
+    email: str = Field(sa_column=Column(String(320), nullable=False))
+    name: str = Field(sa_column=Column(String(200), nullable=False))
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class AccountCreate(SQLModel):
+    model_config = _REQUEST
+
+    email: EmailStr
+    # The minimum length is a setting (PASSWORD_MIN_LENGTH), checked by the route; the
+    # maximum keeps argon2's input, and so its cost, bounded.
+    password: Annotated[str, StringConstraints(max_length=128)]
+    name: Title
+
+
+class AccountPublic(SQLModel):
+    user_id: str
+    email: str
+    name: str
+    created_at: datetime
+
+
+class AccessToken(SQLModel):
+    access_token: str
+    token_type: str = "bearer"  # noqa: S105 (the scheme name)
+    expires_in: int

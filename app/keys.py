@@ -1,0 +1,155 @@
+"""Keys that sign the tokens this service accepts: an identity provider's JWKS (fetched
+from a URL, or given inline or in a file) and the service's own signing key."""
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jwt import PyJWK, PyJWKSet
+from jwt.algorithms import OKPAlgorithm
+
+from app.config import ASYMMETRIC_ALGORITHMS
+
+log = logging.getLogger(__name__)
+
+
+def _usable_keys(document: Any) -> dict[str, PyJWK]:
+    """kid -> key for the asymmetric signing keys of a JWKS document. HMAC keys ("oct")
+    are left out: a shared secret comes only from JWT_SECRET, never from a key set."""
+    keys: dict[str, PyJWK] = {}
+    for jwk in PyJWKSet.from_dict(document).keys:
+        if jwk.algorithm_name not in ASYMMETRIC_ALGORITHMS or jwk.public_key_use not in (None, "sig"):
+            continue
+        keys[jwk.key_id or ""] = jwk
+    return keys
+
+
+class StaticKeySet:
+    """A JWKS given inline (JWKS) or in a file (JWKS_FILE): read once."""
+
+    def __init__(self, document: Any) -> None:
+        self._keys = _usable_keys(document)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "StaticKeySet":
+        return cls(json.loads(path.read_text(encoding="utf-8")))
+
+    async def find(self, kid: str | None) -> PyJWK | None:
+        return _find(self._keys, kid)
+
+
+class RemoteKeySet:
+    """A JWKS fetched from JWKS_URL.
+
+    Written here rather than taken from PyJWT's PyJWKClient, which fetches synchronously
+    (blocking the event loop), refetches for every unknown `kid` with no limit (so
+    tokens with made-up kids would hammer the identity provider), and has no way to keep
+    serving the keys it had while the provider is down. This one: fetches with httpx,
+    keeps the keys for `cache_seconds`, refetches early on an unknown `kid` at most once
+    per `min_refresh_seconds`, and on a failed fetch keeps the keys it has."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cache_seconds: float = 300,
+        min_refresh_seconds: float = 30,
+        timeout: float = 5,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._url = url
+        self._cache_seconds = cache_seconds
+        self._min_refresh_seconds = min_refresh_seconds
+        self._client = client or httpx.AsyncClient(timeout=timeout)
+        self._keys: dict[str, PyJWK] = {}
+        self._fetched_at = float("-inf")  # last successful fetch
+        self._attempted_at = float("-inf")  # last attempt, successful or not
+        self._lock = asyncio.Lock()
+
+    async def find(self, kid: str | None) -> PyJWK | None:
+        now = time.monotonic()
+        if now - self._fetched_at > self._cache_seconds:
+            await self._refresh(now)
+        key = _find(self._keys, kid)
+        if key is None and kid is not None:
+            await self._refresh(now)  # a rotated key, perhaps; rate-limited
+            key = _find(self._keys, kid)
+        return key
+
+    async def _refresh(self, now: float) -> None:
+        async with self._lock:
+            if now - self._attempted_at < self._min_refresh_seconds:
+                return
+            self._attempted_at = time.monotonic()
+            try:
+                response = await self._client.get(self._url)
+                response.raise_for_status()
+                keys = _usable_keys(response.json())
+            except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
+                log.warning(
+                    "JWKS fetch from %s failed (%s); keeping %d cached keys",
+                    self._url,
+                    type(exc).__name__,
+                    len(self._keys),
+                )
+                return
+            self._keys = keys
+            self._fetched_at = time.monotonic()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _find(keys: dict[str, PyJWK], kid: str | None) -> PyJWK | None:
+    if kid is not None:
+        return keys.get(kid)
+    # A token without `kid` is only unambiguous against a set of one key.
+    return next(iter(keys.values())) if len(keys) == 1 else None
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """The service's own Ed25519 key, for the tokens it issues to built-in accounts."""
+
+    private_pem: bytes
+    kid: str
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> "SigningKey":
+        private = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(private, Ed25519PrivateKey):
+            raise ValueError("TOKEN_SIGNING_KEY must be an Ed25519 private key in PEM")
+        jwk = json.loads(OKPAlgorithm.to_jwk(private.public_key()))
+        return cls(private_pem=pem, kid=_thumbprint(jwk))
+
+    @staticmethod
+    def generate_pem() -> bytes:
+        return Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    @property
+    def public_jwk(self) -> dict[str, str]:
+        private = serialization.load_pem_private_key(self.private_pem, password=None)
+        assert isinstance(private, Ed25519PrivateKey)
+        jwk = json.loads(OKPAlgorithm.to_jwk(private.public_key()))
+        return {**jwk, "kid": self.kid, "alg": "EdDSA", "use": "sig"}
+
+    def sign(self, payload: dict[str, Any]) -> str:
+        return jwt.encode(payload, self.private_pem, algorithm="EdDSA", headers={"kid": self.kid})
+
+
+def _thumbprint(jwk: dict[str, str]) -> str:
+    """RFC 7638 thumbprint of an OKP key: the kid other services can look it up by."""
+    canonical = json.dumps({k: jwk[k] for k in ("crv", "kty", "x")}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()

@@ -1,0 +1,120 @@
+"""Built-in accounts: register, log in (OAuth2 password form), and who am I.
+
+Passwords are hashed with argon2id (pwdlib). Account rows are under row-level security
+like everything else; sign-up and log-in go through the two SECURITY DEFINER functions
+of sql/accounts.sql, the only doors to other users' account data.
+"""
+
+import logging
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import OAuth2PasswordRequestForm
+from pwdlib import PasswordHash
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+
+from app.auth import CurrentSubject, TokenVerifier
+from app.config import Settings
+from app.errors import NotFound
+from app.models import AccessToken, Account, AccountCreate, AccountPublic
+from app.session import UserSession, UserSessions
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/auth", tags=["accounts"])
+
+passwords = PasswordHash.recommended()  # argon2id
+# Verified against when the email is unknown, so that an unknown email and a wrong
+# password take the same time and get the same answer.
+_DUMMY_HASH = passwords.hash("not a password of anyone's")
+INVALID_LOGIN = "incorrect email or password"
+
+
+def _normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+async def _rate_limit(request: Request, action: str, email: str) -> None:
+    """RATE_LIMIT_AUTH per client address and per email, for register and token."""
+    client = request.client.host if request.client else "unknown"
+    retry_after = await request.app.state.rate_limiter.auth_retry_after(action, client, email)
+    if retry_after is not None:
+        log.warning("rate limited %s attempts (client %s)", action, client)
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"too many {action} attempts, try again later",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+@router.post("/register", response_model=AccountPublic, status_code=status.HTTP_201_CREATED)
+async def register(body: AccountCreate, request: Request) -> AccountPublic:
+    """Create an account."""
+    settings: Settings = request.app.state.settings
+    email = _normalize_email(body.email)
+    await _rate_limit(request, "register", email)
+    if len(body.password) < settings.password_min_length:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_too_short",
+                    "loc": ("body", "password"),
+                    "msg": f"String should have at least {settings.password_min_length} characters",
+                    "input": None,
+                    "ctx": {"min_length": settings.password_min_length},
+                }
+            ]
+        )
+    password_hash = await anyio.to_thread.run_sync(passwords.hash, body.password)
+    sessions: UserSessions = request.app.state.user_sessions
+    try:
+        async with sessions.anonymous() as session:
+            row = (
+                await session.execute(
+                    text("select * from app.register_account(:email, :name, :hash)"),
+                    {"email": email, "name": body.name, "hash": password_hash},
+                )
+            ).one()
+    except IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) == "23505":
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, detail="an account with this email exists"
+            ) from None
+        raise
+    return AccountPublic.model_validate(row._mapping)
+
+
+@router.post("/token", response_model=AccessToken)
+async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request) -> AccessToken:
+    """Log in with email (as `username`) and password; get a bearer token."""
+    settings: Settings = request.app.state.settings
+    email = _normalize_email(form.username)
+    await _rate_limit(request, "log-in", email)
+    sessions: UserSessions = request.app.state.user_sessions
+    async with sessions.anonymous() as session:
+        found = (
+            await session.execute(text("select * from app.login_lookup(:email)"), {"email": email})
+        ).one_or_none()
+    password_hash = found.password_hash if found else _DUMMY_HASH
+    valid = await anyio.to_thread.run_sync(passwords.verify, form.password, password_hash)
+    if found is None or not valid:
+        log.warning("log-in failed (client %s)", request.client.host if request.client else "unknown")
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, detail=INVALID_LOGIN, headers={"WWW-Authenticate": "Bearer"}
+        )
+    verifier: TokenVerifier = request.app.state.token_verifier
+    return AccessToken(
+        access_token=verifier.issue(found.user_id, settings.token_ttl), expires_in=settings.token_ttl
+    )
+
+
+@router.get("/me", response_model=AccountPublic, responses={404: {"description": "No built-in account"}})
+async def me(session: UserSession, subject: CurrentSubject) -> Account:
+    """Your account."""
+    account = await session.scalar(select(Account).where(Account.user_id == subject))
+    if account is None:
+        raise NotFound("no built-in account for this user")
+    return account

@@ -1,0 +1,229 @@
+"""Built-in accounts: register, log in with the OAuth2 password form, me; under RLS."""
+
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import jwt
+import psycopg
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from app.config import Settings
+from app.keys import SigningKey
+from app.session import UserSessions
+from tests.conftest import DbUrls, http_client, make_settings, running_app
+
+SIGNING_PEM = SigningKey.generate_pem().decode()
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def accounts_settings(db_url: DbUrls) -> Settings:
+    return make_settings(db_url, accounts_enabled=True, token_signing_key=SIGNING_PEM, rate_limit_auth="")
+
+
+@pytest.fixture
+async def accounts_app(accounts_settings: Settings) -> AsyncIterator[FastAPI]:
+    async with running_app(accounts_settings) as app:
+        yield app
+
+
+@pytest.fixture
+async def api(accounts_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with http_client(accounts_app) as client:
+        yield client
+
+
+async def register(api: httpx.AsyncClient, email: str = "Alice@Example.com", **body: str) -> httpx.Response:
+    return await api.post(
+        "/api/auth/register", json={"email": email, "password": PASSWORD, "name": "Alice", **body}
+    )
+
+
+async def log_in(
+    api: httpx.AsyncClient, email: str = "alice@example.com", password: str = PASSWORD
+) -> httpx.Response:
+    return await api.post("/api/auth/token", data={"username": email, "password": password})
+
+
+async def test_register_returns_the_account_and_never_the_hash(api: httpx.AsyncClient) -> None:
+    response = await register(api)
+    assert response.status_code == 201
+    account = response.json()
+    assert set(account) == {"user_id", "email", "name", "created_at"}
+    assert account["email"] == "alice@example.com"  # normalised
+    assert account["name"] == "Alice"
+    assert "argon2" not in response.text and PASSWORD not in response.text
+
+
+async def test_password_is_stored_as_argon2id(api: httpx.AsyncClient, admin_conn: psycopg.Connection) -> None:
+    await register(api)
+    (stored,) = admin_conn.execute("select password_hash from account_passwords").fetchone()  # type: ignore[misc]
+    assert stored.startswith("$argon2id$")
+    assert PASSWORD not in stored
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"email": "not-an-email"}, "email"),
+        ({"password": "short"}, "password"),
+        ({"password": "x" * 129}, "password"),
+        ({"name": ""}, "name"),
+        ({"user_id": "mallory"}, "user_id"),
+    ],
+)
+async def test_register_rejects_invalid_input_naming_the_field(
+    api: httpx.AsyncClient, admin_conn: psycopg.Connection, body: dict[str, str], field: str
+) -> None:
+    response = await register(api, **body)
+    assert response.status_code == 422
+    assert any(error["loc"][-1] == field for error in response.json()["detail"]), response.json()
+    assert admin_conn.execute("select count(*) from accounts").fetchone() == (0,)
+
+
+async def test_registering_an_email_twice_is_409(api: httpx.AsyncClient) -> None:
+    assert (await register(api)).status_code == 201
+    again = await register(api, "  ALICE@example.com ")
+    assert again.status_code == 409
+    assert again.json() == {"detail": "an account with this email exists"}
+
+
+async def test_log_in_gives_a_bearer_token_that_opens_the_api(api: httpx.AsyncClient) -> None:
+    account = (await register(api)).json()
+    response = await log_in(api, "ALICE@example.com")
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"access_token", "token_type", "expires_in"}
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == 3600
+    headers = {"Authorization": f"Bearer {body['access_token']}"}
+    me = await api.get("/api/auth/me", headers=headers)
+    assert me.json() == account
+    created = await api.post(f"/api/{account['user_id']}/tasks", json={"title": "mine"}, headers=headers)
+    assert created.status_code == 201
+
+
+async def test_issued_tokens_are_eddsa_and_verify_with_the_published_jwks(api: httpx.AsyncClient) -> None:
+    account = (await register(api)).json()
+    token = (await log_in(api)).json()["access_token"]
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "EdDSA"
+    keys = (await api.get("/.well-known/jwks.json")).json()
+    assert len(keys["keys"]) == 1
+    (key,) = keys["keys"]
+    assert key["kid"] == header["kid"]
+    assert "d" not in key  # the public half only
+    claims = jwt.decode(
+        token, jwt.PyJWK(key).key, algorithms=["EdDSA"], audience="todo-api", issuer="todo-api"
+    )
+    assert claims["sub"] == account["user_id"]
+    assert claims["exp"] - time.time() > 3500
+
+
+async def test_wrong_password_and_unknown_email_get_the_same_answer(api: httpx.AsyncClient) -> None:
+    await register(api)
+    wrong = await log_in(api, password="not the password")
+    unknown = await log_in(api, "nobody@example.com")
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.json() == unknown.json() == {"detail": "incorrect email or password"}
+    assert wrong.headers["WWW-Authenticate"] == unknown.headers["WWW-Authenticate"] == "Bearer"
+
+
+async def test_wrong_password_and_unknown_email_take_the_same_time(api: httpx.AsyncClient) -> None:
+    """Both verify an argon2id hash, so neither answers markedly sooner. Measured as the
+    median of a few tries each, with a generous margin: this guards against the unknown
+    email skipping the hash (several times faster), not against microsecond leaks."""
+    await register(api)
+
+    async def median(email: str, password: str) -> float:
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            await log_in(api, email, password)
+            times.append(time.perf_counter() - start)
+        return sorted(times)[2]
+
+    wrong = await median("alice@example.com", "not the password")
+    unknown = await median("nobody@example.com", "not the password")
+    assert 0.5 < unknown / wrong < 2.0, (unknown, wrong)
+
+
+async def test_me_without_an_account_is_404(api: httpx.AsyncClient) -> None:
+    from tests.tokens import auth
+
+    response = await api.get("/api/auth/me", headers=auth("idp-user"))
+    assert response.status_code == 404
+
+
+async def test_me_needs_a_token(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/api/auth/me")).status_code == 401
+
+
+async def test_select_star_from_accounts_shows_only_the_callers_row(
+    api: httpx.AsyncClient, accounts_app: FastAPI
+) -> None:
+    alice = (await register(api)).json()
+    await register(api, "bob@example.com", name="Bob")
+    sessions: UserSessions = accounts_app.state.user_sessions
+    async with sessions.transaction(alice["user_id"]) as session:
+        rows = (await session.execute(text("select * from accounts"))).mappings().all()
+    assert [row["email"] for row in rows] == ["alice@example.com"]
+    assert "password_hash" not in rows[0]
+    async with sessions.anonymous() as session:
+        assert (await session.execute(text("select * from accounts"))).all() == []
+
+
+async def test_the_runtime_role_cannot_read_password_hashes_or_write_accounts(
+    api: httpx.AsyncClient, accounts_app: FastAPI
+) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    alice = (await register(api)).json()
+    sessions: UserSessions = accounts_app.state.user_sessions
+    for statement in (
+        "select * from account_passwords",
+        "insert into accounts (user_id, email, name) values ('x', 'x@example.com', 'x')",
+        "update accounts set name = 'x'",
+        "delete from accounts",
+    ):
+        with pytest.raises(DBAPIError) as exc:
+            async with sessions.transaction(alice["user_id"]) as session:
+                await session.execute(text(statement))
+        assert getattr(exc.value.orig, "sqlstate", None) == "42501", statement
+
+
+def test_the_definer_functions_have_a_fixed_search_path(admin_conn: psycopg.Connection) -> None:
+    rows = admin_conn.execute(
+        """
+        select p.proname, p.prosecdef, p.proconfig from pg_proc p
+        where p.pronamespace = 'app'::regnamespace order by 1
+        """
+    ).fetchall()
+    definers = {name: config for name, secdef, config in rows if secdef}
+    assert set(definers) == {"current_user_id", "login_lookup", "register_account"}
+    for name, config in definers.items():
+        assert config == ["search_path=pg_catalog, pg_temp"], name
+
+
+async def test_auth_routes_are_rate_limited_per_address_and_per_email(db_url: DbUrls) -> None:
+    settings = make_settings(
+        db_url, accounts_enabled=True, token_signing_key=SIGNING_PEM, rate_limit_auth="3/minute"
+    )
+    async with running_app(settings) as app:
+        one = httpx.ASGITransport(app=app, client=("10.0.0.1", 1000))
+        async with httpx.AsyncClient(transport=one, base_url="http://test") as client:
+            statuses = [(await log_in(client, f"user{n}@example.com")).status_code for n in range(4)]
+            assert statuses == [401, 401, 401, 429]
+            limited = await log_in(client, "user9@example.com")
+            assert limited.status_code == 429
+            assert int(limited.headers["Retry-After"]) >= 1
+            assert limited.json() == {"detail": "too many log-in attempts, try again later"}
+        # The same email from many addresses is limited too.
+        for n in range(4):
+            transport = httpx.ASGITransport(app=app, client=(f"10.0.1.{n}", 1000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                last = await log_in(client, "target@example.com")
+        assert last.status_code == 429

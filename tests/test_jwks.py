@@ -1,0 +1,341 @@
+"""Tokens from identity providers: asymmetric keys from a JWKS served over HTTP.
+
+Real keys are generated here (Ed25519, RSA, EC P-256), published by a local HTTP server
+on a free loopback port, and tokens signed with them are verified by the service's
+TokenVerifier, as requests would be."""
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from app.auth import InvalidToken, TokenVerifier
+from app.config import Settings
+from tests.conftest import DbUrls, http_client, make_settings, running_app
+
+ISSUER = "https://idp.test"
+AUDIENCE = "todo-api"
+
+
+class Key:
+    """A generated signing key with its public JWK."""
+
+    def __init__(self, kind: str, kid: str) -> None:
+        self.kid = kid
+        if kind == "EdDSA":
+            self.private: Any = ed25519.Ed25519PrivateKey.generate()
+            self.jwk = json.loads(OKPAlgorithm.to_jwk(self.private.public_key()))
+        elif kind == "RS256":
+            self.private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            self.jwk = json.loads(RSAAlgorithm.to_jwk(self.private.public_key()))
+        else:
+            self.private = ec.generate_private_key(ec.SECP256R1())
+            self.jwk = json.loads(ECAlgorithm.to_jwk(self.private.public_key()))
+        self.algorithm = kind
+        self.jwk |= {"kid": kid, "use": "sig"}
+
+    def sign(
+        self, sub: str = "alice", *, algorithm: str | None = None, kid: str | None = "", **claims: Any
+    ) -> str:
+        now = int(time.time())
+        payload = {"sub": sub, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300, **claims}
+        headers = {"kid": self.kid if kid == "" else kid} if kid is not None else {}
+        return jwt.encode(payload, self.private, algorithm=algorithm or self.algorithm, headers=headers)
+
+    @property
+    def public_pem(self) -> bytes:
+        return self.private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+ED = Key("EdDSA", "ed-1")
+RSA = Key("RS256", "rsa-1")
+EC = Key("ES256", "ec-1")
+
+
+class JwksServer:
+    """Serves a JWKS document that the test can change, break, and count requests to."""
+
+    def __init__(self, keys: list[Key]) -> None:
+        self.document: dict[str, Any] = {"keys": [key.jwk for key in keys]}
+        self.requests = 0
+        self.down = False
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests += 1
+                if server.down:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                body = json.dumps(server.document).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/api/auth/jwks"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def publish(self, *keys: Key) -> None:
+        self.document = {"keys": [key.jwk for key in keys]}
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def jwks_server() -> Iterator[JwksServer]:
+    server = JwksServer([ED, RSA, EC])
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def settings_for(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": "postgresql://todo_app@localhost/unused",
+        "rls_context_key": "k" * 40,
+        "jwt_issuer": ISSUER,
+        "jwt_audience": AUDIENCE,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+async def outcome(verifier: TokenVerifier, token: str) -> str:
+    """The subject, or the reason the token was refused."""
+    try:
+        return await verifier.subject(token)
+    except InvalidToken as exc:
+        return f"refused: {exc}"
+
+
+@pytest.mark.parametrize("key", [ED, RSA, EC], ids=["EdDSA", "RS256", "ES256"])
+async def test_each_algorithm_verifies_with_the_key_its_kid_names(jwks_server: JwksServer, key: Key) -> None:
+    verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url))
+    assert await outcome(verifier, key.sign("alice")) == "alice"
+    await verifier.aclose()
+
+
+async def test_keys_are_fetched_once_and_cached(jwks_server: JwksServer) -> None:
+    verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url))
+    for key in (ED, RSA, EC, ED, RSA):
+        assert await outcome(verifier, key.sign()) == "alice"
+    assert jwks_server.requests == 1
+    await verifier.aclose()
+
+
+async def test_an_unknown_kid_refreshes_at_most_once_per_interval_then_is_401(
+    jwks_server: JwksServer,
+) -> None:
+    verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url, jwks_min_refresh_seconds=60))
+    assert await outcome(verifier, ED.sign()) == "alice"
+    for n in range(5):
+        assert (
+            await outcome(verifier, ED.sign(kid=f"made-up-{n}")) == "refused: token signing key is not known"
+        )
+    # The first fetch, then no more: made-up kids cannot make us hammer the provider.
+    assert jwks_server.requests == 1
+    await verifier.aclose()
+
+
+async def test_a_rotated_key_is_picked_up_by_a_refresh(jwks_server: JwksServer) -> None:
+    verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url, jwks_min_refresh_seconds=0))
+    assert await outcome(verifier, ED.sign()) == "alice"
+    rotated = Key("EdDSA", "ed-2")
+    jwks_server.publish(rotated)  # the old key is withdrawn, a new one published
+    assert await outcome(verifier, rotated.sign("bob")) == "bob"
+    assert jwks_server.requests == 2
+    # Still unknown after the refresh: 401.
+    assert await outcome(verifier, Key("EdDSA", "ed-3").sign()) == "refused: token signing key is not known"
+    await verifier.aclose()
+
+
+async def test_cached_keys_survive_a_jwks_outage(jwks_server: JwksServer) -> None:
+    verifier = TokenVerifier(
+        settings_for(jwks_url=jwks_server.url, jwks_cache_seconds=0.01, jwks_min_refresh_seconds=0)
+    )
+    assert await outcome(verifier, ED.sign()) == "alice"
+    jwks_server.down = True
+    await asyncio.sleep(0.05)  # the cache is stale: each request now tries to refresh, and fails
+    for key in (ED, RSA, EC):
+        assert await outcome(verifier, key.sign()) == "alice"
+    assert jwks_server.requests > 1
+    await verifier.aclose()
+
+
+async def test_an_unreachable_jwks_refuses_tokens_cleanly_until_it_answers(jwks_server: JwksServer) -> None:
+    jwks_server.down = True
+    verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url, jwks_min_refresh_seconds=0))
+    assert await outcome(verifier, ED.sign()) == "refused: token signing key is not known"
+    jwks_server.down = False
+    assert await outcome(verifier, ED.sign()) == "alice"
+    await verifier.aclose()
+
+
+async def test_a_token_without_kid_is_accepted_only_against_a_single_key(jwks_server: JwksServer) -> None:
+    verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url))
+    assert await outcome(verifier, ED.sign(kid=None)) == "refused: token signing key is not known"
+    single = TokenVerifier(settings_for(jwks={"keys": [ED.jwk]}))
+    assert await outcome(single, ED.sign(kid=None)) == "alice"
+    await verifier.aclose()
+
+
+# --- algorithm confusion ------------------------------------------------------------
+
+
+def hs256_with_secret(secret: bytes, claims: dict[str, Any], kid: str | None = None) -> str:
+    """HS256 by hand: PyJWT itself refuses to use a public key as an HMAC secret."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = {"alg": "HS256", "typ": "JWT", **({"kid": kid} if kid else {})}
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(signature)}"
+
+
+def claims(sub: str = "alice") -> dict[str, Any]:
+    now = int(time.time())
+    return {"sub": sub, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300}
+
+
+@pytest.mark.parametrize("key", [ED, RSA, EC], ids=["EdDSA", "RS256", "ES256"])
+async def test_hs256_signed_with_the_public_key_is_refused(jwks_server: JwksServer, key: Key) -> None:
+    as_secret = [key.public_pem, json.dumps(key.jwk).encode()]
+    # Without a shared secret configured, HS256 is not accepted at all...
+    verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url))
+    for secret in as_secret:
+        token = hs256_with_secret(secret, claims(), kid=key.kid)
+        assert await outcome(verifier, token) == "refused: token algorithm is not accepted"
+    # ...and with one, it is checked against that secret, never against a JWKS key.
+    both = TokenVerifier(settings_for(jwks_url=jwks_server.url, jwt_secret="s" * 40))
+    for secret in as_secret:
+        token = hs256_with_secret(secret, claims(), kid=key.kid)
+        assert await outcome(both, token) == "refused: token signature is invalid"
+    await verifier.aclose()
+    await both.aclose()
+
+
+async def test_an_algorithm_that_is_not_the_keys_is_refused(jwks_server: JwksServer) -> None:
+    verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url))
+    # Signed by the RSA key but naming the Ed25519 key, and the other way round.
+    assert await outcome(verifier, RSA.sign(kid=ED.kid)) == "refused: token algorithm does not match its key"
+    assert await outcome(verifier, EC.sign(kid=RSA.kid)) == "refused: token algorithm does not match its key"
+    # PS256 with an RSA key whose JWK does not say PS256.
+    assert await outcome(verifier, RSA.sign(algorithm="PS256")) == "refused: token algorithm is not accepted"
+    await verifier.aclose()
+
+
+async def test_only_configured_algorithms_are_accepted(jwks_server: JwksServer) -> None:
+    verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url, jwt_algorithms="EdDSA"))
+    assert await outcome(verifier, ED.sign()) == "alice"
+    assert await outcome(verifier, RSA.sign()) == "refused: token algorithm is not accepted"
+    assert await outcome(verifier, EC.sign()) == "refused: token algorithm is not accepted"
+    unsigned = jwt.encode(claims(), None, algorithm="none", headers={"kid": ED.kid})
+    assert await outcome(verifier, unsigned) == "refused: token algorithm is not accepted"
+    await verifier.aclose()
+
+
+async def test_an_hmac_key_in_the_jwks_is_never_used() -> None:
+    secret = b"shared-secret-that-is-long-enough-0123456789"
+    oct_key = {"kty": "oct", "kid": "oct-1", "k": base64.urlsafe_b64encode(secret).rstrip(b"=").decode()}
+    verifier = TokenVerifier(settings_for(jwks={"keys": [oct_key, ED.jwk]}))
+    token = hs256_with_secret(secret, claims(), kid="oct-1")
+    assert await outcome(verifier, token) == "refused: token algorithm is not accepted"
+
+
+async def test_issuer_audience_and_expiry_are_enforced(jwks_server: JwksServer) -> None:
+    verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url))
+    assert (
+        await outcome(verifier, ED.sign(iss="https://evil.test")) == "refused: token issuer is not accepted"
+    )
+    assert await outcome(verifier, ED.sign(aud="other")) == "refused: token audience is not accepted"
+    expired = ED.sign(exp=int(time.time()) - 120)
+    assert await outcome(verifier, expired) == "refused: token has expired"
+    within_leeway = ED.sign(exp=int(time.time()) - 5)
+    assert await outcome(verifier, within_leeway) == "alice"
+    await verifier.aclose()
+
+
+async def test_the_user_id_claim_is_configurable(jwks_server: JwksServer) -> None:
+    verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url, jwt_user_claim="uid"))
+    assert await outcome(verifier, ED.sign("ignored", uid="carol")) == "carol"
+    assert await outcome(verifier, ED.sign("alice")) == "refused: token has no 'uid' claim"
+    assert await outcome(verifier, ED.sign("x", uid=7)) == "refused: token 'uid' must be a string"
+    await verifier.aclose()
+
+
+async def test_a_jwks_file(tmp_path: Path) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [RSA.jwk]}))
+    verifier = TokenVerifier(settings_for(jwks_file=path))
+    assert await outcome(verifier, RSA.sign()) == "alice"
+    assert await outcome(verifier, ED.sign()) == "refused: token signing key is not known"
+
+
+def test_only_one_jwks_source_may_be_set(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="set only one of"):
+        settings_for(jwks_url="http://127.0.0.1/jwks", jwks={"keys": []})
+
+
+# --- end to end: a Better Auth deployment ------------------------------------------
+
+
+async def test_better_auth_jwt_plugin_tokens_open_the_api(db_url: DbUrls) -> None:
+    """Better Auth's JWT plugin: EdDSA, keys at <base>/api/auth/jwks, iss = aud = base URL."""
+    key = Key("EdDSA", "better-auth-key")
+    server = JwksServer([key])
+    base = server.url.removesuffix("/api/auth/jwks")
+    try:
+        settings = make_settings(
+            db_url, jwt_secret=None, jwks_url=server.url, jwt_issuer=base, jwt_audience=base
+        )
+        async with running_app(settings) as app, http_client(app) as client:
+            now = int(time.time())
+            token = jwt.encode(
+                {"sub": "ba-user-1", "iss": base, "aud": base, "iat": now, "exp": now + 900},
+                key.private,
+                algorithm="EdDSA",
+                headers={"kid": key.kid},
+            )
+            headers = {"Authorization": f"Bearer {token}"}
+            created = await client.post(
+                "/api/ba-user-1/tasks", json={"title": "from Better Auth"}, headers=headers
+            )
+            assert created.status_code == 201
+            listed = await client.get("/api/ba-user-1/tasks", headers=headers)
+            assert [task["title"] for task in listed.json()] == ["from Better Auth"]
+            # An HS256 token is refused: no shared secret is configured.
+            hs = httpx.Headers(
+                {"Authorization": "Bearer " + hs256_with_secret(b"x" * 40, claims("ba-user-1"))}
+            )
+            assert (await client.get("/api/ba-user-1/tasks", headers=hs)).status_code == 401
+    finally:
+        server.close()
