@@ -1,9 +1,12 @@
 """`todo-api`: serve, migrate, and print tokens."""
 
+import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Annotated
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import uvicorn
@@ -11,10 +14,16 @@ from pydantic import SecretStr, ValidationError
 from rich.console import Console
 
 from app import embedded
+from app.audit import audit_database, print_report
 from app.auth import TokenVerifier
 from app.config import Settings
 from app.database import migrations_url
-from app.migrate import upgrade
+from app.keys import SigningKey
+from app.logs import configure_logging
+from app.migrate import install_context_key, upgrade
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 cli = typer.Typer(help="Todo API on PostgreSQL row-level security.", no_args_is_help=True)
 err = Console(stderr=True)
@@ -30,29 +39,51 @@ def _load_settings(**overrides: object) -> Settings:
     return settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
 
-def _with_embedded_secret(settings: Settings) -> Settings:
-    """On the embedded default with no secret configured, use (or make) the one in data_dir."""
-    if settings.jwt_secret is not None:
-        return settings
-    if not settings.embedded:
-        err.print("[red]configuration error:[/red] set JWT_SECRET (or BETTER_AUTH_SECRET)")
-        raise typer.Exit(1)
-    secret = embedded.ensure_secret(settings.data_dir)
-    return settings.model_copy(update={"jwt_secret": SecretStr(secret)})
+# Secrets the embedded default makes once and keeps in data_dir: field -> (file, variable).
+_SECRETS: dict[str, tuple[str, str, Callable[[], str] | None]] = {
+    "jwt_secret": ("jwt_secret", "JWT_SECRET (or BETTER_AUTH_SECRET)", None),
+    "rls_context_key": ("rls_context_key", "RLS_CONTEXT_KEY", None),
+    "token_signing_key": (
+        "token_signing_key.pem",
+        "TOKEN_SIGNING_KEY (or ACCOUNTS_ENABLED=false)",
+        lambda: SigningKey.generate_pem().decode(),
+    ),
+}
+
+
+def _with_secrets(settings: Settings, *fields: str) -> Settings:
+    """Fill the secrets `fields` that are not configured: on the embedded default from
+    (or into) data_dir; elsewhere they are required."""
+    update: dict[str, SecretStr] = {}
+    for field in fields:
+        if getattr(settings, field) is not None:
+            continue
+        file_name, variable, make = _SECRETS[field]
+        if not settings.embedded:
+            err.print(f"[red]configuration error:[/red] set {variable}")
+            raise typer.Exit(1)
+        update[field] = SecretStr(embedded.ensure_secret(settings.data_dir, file_name, make))
+    return settings.model_copy(update=update)
 
 
 @contextmanager
 def _database(settings: Settings) -> Iterator[Settings]:
     """Settings pointing at a migrated database; on the embedded default, starts (and
     afterwards stops) the embedded server."""
+    settings = _with_secrets(settings, "rls_context_key")
+    assert settings.rls_context_key is not None
+    context_key = settings.rls_context_key.get_secret_value().encode()
     if not settings.embedded:
-        upgrade(migrations_url(settings))
+        owner_url = migrations_url(settings)
+        upgrade(owner_url)
+        install_context_key(owner_url, context_key)
         yield settings
         return
     err.print(f"Starting embedded PostgreSQL in {settings.data_dir / 'pgdata'} ...")
     db = embedded.start(settings.data_dir)
     try:
         upgrade(db.owner_url)
+        install_context_key(db.owner_url, context_key)
         yield settings.model_copy(
             update={"database_url": db.runtime_url, "migrations_database_url": db.owner_url}
         )
@@ -61,36 +92,75 @@ def _database(settings: Settings) -> Iterator[Settings]:
         db.stop()
 
 
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Uvicorn takes SIGTERM over while it serves, lets the requests in flight finish, and
+    # then raises the signal again for the handler that was there before: this one.
+    # Dying of the signal would skip the `finally` that stops the embedded server; a
+    # SystemExit runs it, and a stop that was asked for ends with status 0.
+    raise SystemExit(0)
+
+
 @cli.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to bind [default: HOST or 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [default: PORT or 8000]")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: HOST or 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: PORT or 8000)")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+    migrate: Annotated[
+        bool,
+        typer.Option(
+            "--migrate/--no-migrate",
+            help="Run the migrations first, as the owner role; --no-migrate for instances that "
+            "hold only the runtime role's credentials (`todo-api migrate` runs once per release)",
+        ),
+    ] = True,
 ) -> None:
     """Run the migrations and serve the API (embedded PostgreSQL unless DATABASE_URL is set)."""
-    settings = _with_embedded_secret(_load_settings(host=host, port=port))
-    with _database(settings) as settings:
+    settings = _load_settings(host=host, port=port)
+    needed = ["rls_context_key"]
+    has_keys = settings.jwks_url or settings.jwks_file or settings.jwks or settings.accounts
+    if settings.embedded or not has_keys:
+        needed.append("jwt_secret")  # `todo-api token` signs with it
+    if settings.accounts:
+        needed.append("token_signing_key")
+    settings = _with_secrets(settings, *needed)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    database = _database(settings) if migrate or settings.embedded else nullcontext(settings)
+    with database as settings:
         base = f"http://{settings.host}:{settings.port}"
         err.print(f"[bold]Todo API[/bold] on {base}   docs: {base}/docs")
         err.print("Get a token with:  todo-api token USER_ID")
+        configure_logging(settings)
+        server_options = {
+            "host": settings.host,
+            "port": settings.port,
+            "log_level": settings.log_level,
+            # Our logging (app/logs.py) and our access log, which has the request id and
+            # the route template, instead of uvicorn's.
+            "log_config": None,
+            "access_log": False,
+            # On SIGTERM, requests in flight get this long to finish.
+            "timeout_graceful_shutdown": settings.shutdown_timeout,
+        }
         if workers == 1:
             from app.main import create_app
 
-            uvicorn.run(
-                create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
-            )
+            uvicorn.run(create_app(settings), **server_options)
             return
         # Worker processes build their own app from the environment.
         os.environ["DATABASE_URL"] = settings.database_url or ""
-        os.environ["JWT_SECRET"] = settings.jwt_secret.get_secret_value() if settings.jwt_secret else ""
-        uvicorn.run(
-            "app.main:create_app",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=workers,
-            log_level=settings.log_level,
-        )
+        for field in _SECRETS:
+            secret = getattr(settings, field)
+            os.environ[field.upper()] = secret.get_secret_value() if secret else ""
+        uvicorn.run("app.cli:worker_app", factory=True, workers=workers, **server_options)
+
+
+def worker_app() -> "FastAPI":
+    """The app of one worker process of `serve --workers N`, configured from the environment."""
+    from app.main import create_app
+
+    settings = Settings()
+    configure_logging(settings)
+    return create_app(settings)
 
 
 @cli.command()
@@ -106,8 +176,40 @@ def token(
     ttl: Annotated[int, typer.Option(min=1, help="Seconds until the token expires")] = 3600,
 ) -> None:
     """Print a signed token for USER_ID."""
-    settings = _with_embedded_secret(_load_settings())
+    settings = _with_secrets(_load_settings(), "jwt_secret")
     print(TokenVerifier(settings).issue(user_id, ttl))
+
+
+@cli.command()
+def audit(
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            # Parentheses, not brackets: Rich would take [default: ...] for markup and drop it.
+            help="Database to audit (default: the owner's, as `migrate` uses: MIGRATIONS_DATABASE_URL, "
+            "or DATABASE_URL's server as todo_owner; neither set: the embedded one)"
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document, not tables")] = False,
+) -> None:
+    """Report the row-level security of a live database and any drift from sql/; exit 1 on a problem."""
+    settings = _load_settings()
+    if database_url is None and settings.embedded:
+        # Unlike `migrate`, no upgrade: an audit reports the database as it is.
+        err.print(f"Starting embedded PostgreSQL in {settings.data_dir / 'pgdata'} ...")
+        db = embedded.start(settings.data_dir)
+        try:
+            report = audit_database(db.owner_url)
+        finally:
+            err.print("Stopping embedded PostgreSQL.")
+            db.stop()
+    else:
+        report = audit_database(database_url or migrations_url(settings))
+    if as_json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print_report(report, Console())
+    raise typer.Exit(0 if report.ok else 1)
 
 
 def main() -> None:

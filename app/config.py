@@ -2,14 +2,19 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
+import limits
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+# Verified only with keys from a JWKS or the service's own key, never with JWT_SECRET.
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+)
 # The roles created by sql/roles.sql; the policies in sql/policies/ name todo_app.
 OWNER_ROLE = "todo_owner"
 RUNTIME_ROLE = "todo_app"
@@ -30,27 +35,75 @@ class Settings(BaseSettings):
     jwt_secret: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("JWT_SECRET", "BETTER_AUTH_SECRET", "jwt_secret")
     )
-    jwt_algorithms: Annotated[list[str], NoDecode] = ["HS256"]
+    # Each is accepted only where a key for it is configured: HMAC with JWT_SECRET, the
+    # others with a JWKS (or, EdDSA, the service's own key).
+    jwt_algorithms: Annotated[list[str], NoDecode] = ["HS256", "EdDSA", "RS256", "ES256"]
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_leeway: int = Field(default=30, ge=0, le=300)
+    # The claim that holds the user id.
+    jwt_user_claim: str = Field(default="sub", min_length=1)
+    # An identity provider's public keys: a URL (fetched, cached, refreshed on an unknown
+    # kid), a file, or the JWKS document itself. One of them at most.
+    jwks_url: str | None = None
+    jwks_file: Path | None = None
+    jwks: dict[str, Any] | None = None
+    jwks_cache_seconds: float = Field(default=300, gt=0)
+    jwks_min_refresh_seconds: float = Field(default=30, ge=0)
+
+    # Built-in accounts (register, log in). Unset: on for the embedded default, else off.
+    accounts_enabled: bool | None = None
+    # Ed25519 private key (PEM) that signs the tokens the service issues; unset on the
+    # embedded default: generated once into data_dir.
+    token_signing_key: SecretStr | None = None
+    # `iss` and `aud` of the tokens the service issues.
+    token_issuer: str = "todo-api"  # noqa: S105 (a name, not a secret)
+    token_ttl: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    password_min_length: int = Field(default=10, ge=8, le=128)
+    # Rate limits of register and token, per client address and per email (`limits` notation).
+    rate_limit_auth: str = "10/minute"
+
+    # Key of the HMAC that signs the user context for row-level security (app/session.py,
+    # sql/functions.sql). Unset on the embedded default: generated once into data_dir.
+    rls_context_key: SecretStr | None = None
+    # Seconds a signed context stays valid: long enough for one transaction.
+    rls_context_ttl: int = Field(default=60, ge=5, le=3600)
 
     data_dir: Path = Field(default_factory=default_data_dir)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=5, ge=0)
+    # Behind PgBouncer in transaction mode: no client-side pool, no prepared-statement
+    # caches, unique statement names (see app/database.py).
+    db_pgbouncer: bool = False
     log_level: str = "info"
 
-    @field_validator("jwt_secret")
+    # Running in production: timeouts, limits, logs, metrics, browsers (docs/deploy.md).
+    # Seconds to open a connection (or wait for a free one in the pool), and for one statement.
+    db_connect_timeout: float = Field(default=5.0, gt=0)
+    db_statement_timeout: float = Field(default=10.0, gt=0)
+    max_body_size: int = Field(default=64 * 1024, ge=1)
+    log_format: Literal["text", "json"] = "text"
+    metrics_enabled: bool = False
+    # `limits` notation, e.g. "600/minute" or "20/second;600/minute"; empty: no limit.
+    rate_limit_requests: str = "1200/minute"
+    rate_limit_writes: str = "300/minute"
+    # memory:// (one process) or redis://host:6379 (shared by every instance).
+    rate_limit_storage: str = "memory://"
+    cors_origins: Annotated[list[str], NoDecode] = []
+    shutdown_timeout: int = Field(default=30, ge=1)
+
+    @field_validator("jwt_secret", "rls_context_key")
     @classmethod
-    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+    def _secret_long_enough(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if value is None:
             return None
         length = len(value.get_secret_value().encode())
         if length < MIN_SECRET_BYTES:
+            name = str(info.field_name).upper()
             raise ValueError(
-                f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes long, this one has "
+                f"{name} must be at least {MIN_SECRET_BYTES} bytes long, this one has "
                 f"{length}; make one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
             )
         return value
@@ -64,13 +117,43 @@ class Settings(BaseSettings):
 
     @field_validator("jwt_algorithms")
     @classmethod
-    def _only_hmac(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - HMAC_ALGORITHMS)
+    def _known_algorithms(cls, value: list[str]) -> list[str]:
+        known = HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS
+        unknown = sorted(set(value) - known)
         if unknown or not value:
             raise ValueError(
-                f"JWT_ALGORITHMS accepts {', '.join(sorted(HMAC_ALGORITHMS))} with a shared "
-                f"secret; not {', '.join(unknown) or 'an empty list'}"
+                f"JWT_ALGORITHMS accepts {', '.join(sorted(known))}; "
+                f"not {', '.join(unknown) or 'an empty list'}"
             )
+        return value
+
+    @model_validator(mode="after")
+    def _one_jwks(self) -> "Settings":
+        given = [name for name in ("jwks_url", "jwks_file", "jwks") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"set only one of {', '.join(n.upper() for n in given)}")
+        return self
+
+    @property
+    def accounts(self) -> bool:
+        """Whether built-in accounts are on: ACCOUNTS_ENABLED, else on for the embedded default."""
+        return self.embedded if self.accounts_enabled is None else self.accounts_enabled
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("rate_limit_requests", "rate_limit_writes", "rate_limit_auth")
+    @classmethod
+    def _rate_limits_parse(cls, value: str) -> str:
+        if value.strip():
+            try:
+                limits.parse_many(value)
+            except ValueError as exc:
+                raise ValueError(f"not a rate limit such as '600/minute': {value!r}") from exc
         return value
 
     @property

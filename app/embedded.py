@@ -4,6 +4,7 @@ directory that survives restarts, with the roles, database and signing secret it
 import os
 import secrets
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,6 @@ with warnings.catch_warnings():
 
 DATABASE = "todo"
 SUPERUSER = "postgres"
-SECRET_FILE = "jwt_secret"  # noqa: S105 (a file name, not a secret)
 
 
 @dataclass
@@ -68,13 +68,14 @@ def bootstrap(admin_url: str, database: str) -> None:
         conn.execute(read_sql("roles.sql"))
 
 
-def ensure_secret(data_dir: Path) -> str:
-    """The signing secret kept in data_dir (mode 0600), made on first use."""
-    path = data_dir / SECRET_FILE
+def ensure_secret(data_dir: Path, name: str, make: Callable[[], str] | None = None) -> str:
+    """The secret kept in data_dir/name (mode 0600), made on first use (by default a
+    random 64-character string)."""
+    path = data_dir / name
     if path.exists():
         return path.read_text(encoding="utf-8").strip()
     data_dir.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48)
+    secret = make() if make else secrets.token_urlsafe(48)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(secret + "\n")

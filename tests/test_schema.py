@@ -1,16 +1,23 @@
 """Catalog guards: what the migrated database must look like for isolation to hold."""
 
+import re
+
 import httpx
 import psycopg
 from fastapi import FastAPI
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import OWNER_ROLE, RUNTIME_ROLE
 from app.policies import declared_state, drift, live_state, policy_files
-from app.session import user_transaction
+from app.session import UserSessions
 from tests.conftest import DbUrls
 from tests.tokens import auth
+
+COMMANDS = ("SELECT", "INSERT", "UPDATE", "DELETE")
+# The one condition a runtime policy may have, as pg_get_expr prints it.
+OWN_ROW = re.compile(
+    r"\(*\(?user_id\)?(::text)?\s*=\s*\( SELECT app\.current_user_id\(\) AS current_user_id\)\)*"
+)
 
 
 def tables_with_user_id(conn: psycopg.Connection) -> list[str]:
@@ -25,11 +32,16 @@ def tables_with_user_id(conn: psycopg.Connection) -> list[str]:
     return [name for (name,) in rows]
 
 
+# Tables the SECURITY DEFINER functions of sql/accounts.sql (sign-up, log-in) reach as
+# the owner role: the only ones where a policy may name todo_owner.
+DEFINER_TABLES = {"accounts", "account_passwords"}
+
+
 def test_there_is_user_data_to_guard(admin_conn: psycopg.Connection) -> None:
-    assert tables_with_user_id(admin_conn) == ["tasks"]
+    assert tables_with_user_id(admin_conn) == ["account_passwords", "accounts", "tasks"]
 
 
-def test_every_user_table_has_rls_enabled_forced_and_policies_for_every_command(
+def test_every_user_table_has_rls_enabled_forced_and_a_policy_for_every_command_granted(
     admin_conn: psycopg.Connection,
 ) -> None:
     state = live_state(admin_conn)
@@ -37,15 +49,31 @@ def test_every_user_table_has_rls_enabled_forced_and_policies_for_every_command(
         assert state[table]["rls_enabled"], table
         assert state[table]["rls_forced"], table
         policies = state[table]["policies"]
-        assert {policy["command"] for policy in policies} >= {"SELECT", "INSERT", "UPDATE", "DELETE"}, table
+        runtime = [policy for policy in policies if RUNTIME_ROLE in policy["roles"]]
+        # Each command the runtime role may run has its own policy, comparing the row's
+        # user_id with the verified context: `using` for the rows it may touch, `with
+        # check` for the rows it may write.
+        granted = {grant for grant in state[table]["runtime_grants"] if grant in COMMANDS}
+        assert {policy["command"] for policy in runtime} == granted, table
         for policy in policies:
-            assert policy["roles"] == [RUNTIME_ROLE], policy
             assert policy["permissive"], policy
+            assert "public" not in policy["roles"], policy
+            if RUNTIME_ROLE not in policy["roles"]:
+                assert table in DEFINER_TABLES and policy["roles"] == [OWNER_ROLE], policy
+                continue
+            assert policy["roles"] == [RUNTIME_ROLE], policy
             if policy["command"] in ("SELECT", "UPDATE", "DELETE"):
-                assert "app.current_user_id()" in policy["using"], policy
+                assert OWN_ROW.fullmatch(policy["using"]), policy
             if policy["command"] in ("INSERT", "UPDATE"):
-                assert "app.current_user_id()" in policy["with_check"], policy
-        assert any(p["using"] for p in policies) and any(p["with_check"] for p in policies), table
+                assert OWN_ROW.fullmatch(policy["with_check"]), policy
+
+
+def test_tasks_has_policies_with_using_and_with_check_for_every_command(
+    admin_conn: psycopg.Connection,
+) -> None:
+    policies = live_state(admin_conn)["tasks"]["policies"]
+    assert {policy["command"] for policy in policies} == set(COMMANDS)
+    assert any(p["using"] for p in policies) and any(p["with_check"] for p in policies)
 
 
 def test_every_user_table_has_a_policy_file(admin_conn: psycopg.Connection) -> None:
@@ -96,7 +124,7 @@ async def test_list_query_uses_the_user_index_on_a_large_table(
     admin_conn: psycopg.Connection,
     app: FastAPI,
     client: httpx.AsyncClient,
-    sessionmaker: async_sessionmaker[AsyncSession],
+    sessions: UserSessions,
 ) -> None:
     admin_conn.execute(
         """
@@ -124,7 +152,7 @@ async def test_list_query_uses_the_user_index_on_a_large_table(
         event.remove(sync_engine, "before_cursor_execute", capture)
     assert len(captured) == 3
 
-    async with user_transaction(sessionmaker, "user7") as session:
+    async with sessions.transaction("user7") as session:
         for statement, parameters in captured:
             raw = await session.connection()
             plan = "\n".join(

@@ -70,7 +70,8 @@ async def test_refuses_a_role_with_bypassrls(
 
 async def test_refuses_the_owner_of_the_tables(db_url: DbUrls) -> None:
     message = await refusal(make_settings(db_url, database_url=db_url.owner))
-    assert f"the database role '{OWNER_ROLE}' owns tables of user data (public.tasks)" in message
+    assert f"the database role '{OWNER_ROLE}' owns tables of user data (" in message
+    assert "public.tasks" in message
 
 
 async def test_refuses_a_member_of_the_owner_role(
@@ -80,9 +81,10 @@ async def test_refuses_a_member_of_the_owner_role(
         sql.SQL("grant {} to {}").format(sql.Identifier(OWNER_ROLE), sql.Identifier(scratch_role))
     )
     message = await refusal(make_settings(db_url, database_url=pg_server.url("todo_test", scratch_role)))
-    assert "owns tables of user data (public.tasks)" in message
+    assert "owns tables of user data (" in message
+    assert "public.tasks" in message
 
 
 async def test_starts_as_the_runtime_role(settings: Settings) -> None:
     async with running_app(settings) as app:
-        assert app.state.sessionmaker is not None
+        assert app.state.user_sessions is not None

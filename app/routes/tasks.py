@@ -6,6 +6,7 @@ planner; tests/test_rls.py proves isolation holds without them.
 
 from enum import StrEnum
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from sqlalchemy import ColumnElement, delete, func, insert, not_, select, update
@@ -135,7 +136,9 @@ async def create_task(
     """Create a task."""
     task = await session.scalar(insert(Task).values(user_id=subject, **body.model_dump()).returning(Task))
     assert task is not None
-    response.headers["Location"] = str(request.url_for("get_task", user_id=subject, task_id=str(task.id)))
+    # Percent-encoded: a user id may hold any character, and a header only Latin-1.
+    owner = quote(subject, safe="")
+    response.headers["Location"] = str(request.url_for("get_task", user_id=owner, task_id=str(task.id)))
     return task
 
 
