@@ -116,6 +116,8 @@ def serve(
 ) -> None:
     """Run the migrations and serve the API (embedded PostgreSQL unless DATABASE_URL is set)."""
     settings = _load_settings(host=host, port=port)
+    # Decided now, while "embedded" still means no DATABASE_URL: _database() fills it in.
+    settings = settings.model_copy(update={"accounts_enabled": settings.accounts})
     needed = ["rls_context_key"]
     has_keys = settings.jwks_url or settings.jwks_file or settings.jwks or settings.accounts
     if settings.embedded or not has_keys:
@@ -148,9 +150,11 @@ def serve(
             return
         # Worker processes build their own app from the environment.
         os.environ["DATABASE_URL"] = settings.database_url or ""
+        os.environ["ACCOUNTS_ENABLED"] = "true" if settings.accounts else "false"
         for field in _SECRETS:
             secret = getattr(settings, field)
-            os.environ[field.upper()] = secret.get_secret_value() if secret else ""
+            if secret is not None:
+                os.environ[field.upper()] = secret.get_secret_value()
         uvicorn.run("app.cli:worker_app", factory=True, workers=workers, **server_options)
 
 

@@ -88,9 +88,9 @@ def test_serve_on_the_embedded_default_end_to_end(clean_env: Path) -> None:
     todo_api = [sys.executable, "-c", "from app.cli import main; main()"]
     base = f"http://127.0.0.1:{port}"
 
-    def start() -> subprocess.Popen[str]:
+    def start(*options: str) -> subprocess.Popen[str]:
         process = subprocess.Popen(
-            [*todo_api, "serve", "--port", str(port)],
+            [*todo_api, "serve", "--port", str(port), *options],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -121,6 +121,17 @@ def test_serve_on_the_embedded_default_end_to_end(clean_env: Path) -> None:
         headers = {"Authorization": f"Bearer {token}"}
         created = httpx.post(f"{base}/api/alice/tasks", json={"title": "survive a restart"}, headers=headers)
         assert created.status_code == 201
+        # Built-in accounts are on by default here.
+        account = {"email": "carol@example.com", "password": "correct horse battery", "name": "Carol"}
+        assert httpx.post(f"{base}/api/auth/register", json=account).status_code == 201
+        login = httpx.post(
+            f"{base}/api/auth/token", data={"username": account["email"], "password": account["password"]}
+        )
+        assert login.status_code == 200
+        me = httpx.get(
+            f"{base}/api/auth/me", headers={"Authorization": f"Bearer {login.json()['access_token']}"}
+        )
+        assert me.json()["email"] == "carol@example.com"
     finally:
         output = stop(process)
     assert f"on {base}" in output
@@ -129,9 +140,13 @@ def test_serve_on_the_embedded_default_end_to_end(clean_env: Path) -> None:
     assert "Stopping embedded PostgreSQL." in output
     assert not (clean_env / "pgdata" / "postmaster.pid").exists(), "the embedded server was left running"
 
-    process = start()
+    process = start("--workers", "2")  # workers build their app from the environment
     try:
         listed = httpx.get(f"{base}/api/alice/tasks", headers=headers)
         assert [task["title"] for task in listed.json()] == ["survive a restart"]
+        # The same signing key and accounts in every worker: the earlier token still opens /me.
+        for _ in range(4):
+            me = httpx.get(f"{base}/api/auth/me", headers={"Authorization": f"Bearer {own_token}"})
+            assert me.status_code == 200
     finally:
         stop(process)

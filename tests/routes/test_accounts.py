@@ -227,3 +227,23 @@ async def test_auth_routes_are_rate_limited_per_address_and_per_email(db_url: Db
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
                 last = await log_in(client, "target@example.com")
         assert last.status_code == 429
+
+
+async def test_register_is_rate_limited_too(db_url: DbUrls) -> None:
+    settings = make_settings(
+        db_url, accounts_enabled=True, token_signing_key=SIGNING_PEM, rate_limit_auth="2/minute"
+    )
+    async with running_app(settings) as app, http_client(app) as client:
+        statuses = [(await register(client, f"user{n}@example.com")).status_code for n in range(3)]
+        assert statuses == [201, 201, 429]
+        # Log-in is counted apart from sign-up.
+        assert (await log_in(client, "user0@example.com")).status_code == 200
+
+
+async def test_the_docs_page_can_log_in_with_the_password_form(api: httpx.AsyncClient) -> None:
+    spec = (await api.get("/openapi.json")).json()
+    password = spec["components"]["securitySchemes"]["password"]
+    assert password["type"] == "oauth2"
+    assert password["flows"]["password"]["tokenUrl"] == "/api/auth/token"
+    me = spec["paths"]["/api/auth/me"]["get"]
+    assert {"password": []} in me["security"]
