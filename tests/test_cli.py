@@ -128,9 +128,8 @@ def test_serve_on_the_embedded_default_end_to_end(clean_env: Path) -> None:
             f"{base}/api/auth/token", data={"username": account["email"], "password": account["password"]}
         )
         assert login.status_code == 200
-        me = httpx.get(
-            f"{base}/api/auth/me", headers={"Authorization": f"Bearer {login.json()['access_token']}"}
-        )
+        own_token = login.json()["access_token"]
+        me = httpx.get(f"{base}/api/auth/me", headers={"Authorization": f"Bearer {own_token}"})
         assert me.json()["email"] == "carol@example.com"
     finally:
         output = stop(process)
