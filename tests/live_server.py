@@ -116,8 +116,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(STOP_TIMEOUT)
 
 
-def _wait_until_answering(server: LiveServer) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
+def _wait_until_answering(server: LiveServer, ready_path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             pytest.fail(
@@ -127,14 +127,14 @@ def _wait_until_answering(server: LiveServer) -> None:
             )
         try:
             # Uvicorn listens only once the lifespan (role and context checks) has passed.
-            if httpx.get(f"{server.base_url}/openapi.json", timeout=1.0).status_code == 200:
+            if httpx.get(f"{server.base_url}{ready_path}", timeout=1.0).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
     _stop(server.process)
     pytest.fail(
-        f"the server did not answer within {STARTUP_TIMEOUT:.0f} s; its output:\n{server.output()}",
+        f"the server did not answer within {timeout:.0f} s; its output:\n{server.output()}",
         pytrace=False,
     )
 
@@ -162,21 +162,34 @@ def live_server(settings: Settings, workdir: Path, *, access_log: bool = False) 
         "5",
         *([] if access_log else ["--no-access-log"]),
     ]
+    with server_process(
+        command, env=server_environment(settings), workdir=workdir, base_url=f"http://127.0.0.1:{port}"
+    ) as server:
+        yield server
+
+
+@contextmanager
+def server_process(
+    command: list[str],
+    *,
+    env: dict[str, str],
+    workdir: Path,
+    base_url: str,
+    ready_path: str = "/openapi.json",
+    timeout: float = STARTUP_TIMEOUT,
+) -> Iterator[LiveServer]:
+    """Run `command` in `workdir` until `ready_path` answers 200; yield; stop it (SIGTERM,
+    then kill) on exit if it is still running. Its output goes to workdir/server.log."""
     log_path = workdir / "server.log"
     # A file, not a pipe: nobody reads while the tests run, and a full pipe would block
     # the server. The working directory is empty, so no .env file is picked up.
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env=server_environment(settings),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            command, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
         )
-    server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
+    server = LiveServer(base_url, process, log_path)
     try:
-        _wait_until_answering(server)
+        _wait_until_answering(server, ready_path, timeout)
         yield server
     finally:
         _stop(process)

@@ -2,11 +2,10 @@
 
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
-import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -15,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
+from tests.live_server import LiveServer, free_port, server_process
 from tests.tokens import TEST_SECRET
 
 CONFIG_VARIABLES = (
@@ -75,12 +75,6 @@ def test_an_external_database_needs_a_secret(clean_env: Path, monkeypatch: pytes
     assert "set JWT_SECRET (or BETTER_AUTH_SECRET)" in result.output
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_serve_on_the_embedded_default_end_to_end(clean_env: Path) -> None:
     """Start as a newcomer would, use the API, stop with Ctrl-C, start again: data survives."""
     port = free_port()
@@ -88,33 +82,17 @@ def test_serve_on_the_embedded_default_end_to_end(clean_env: Path) -> None:
     todo_api = [sys.executable, "-c", "from app.cli import main; main()"]
     base = f"http://127.0.0.1:{port}"
 
-    def start(*options: str) -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            [*todo_api, "serve", "--port", str(port), *options],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            try:
-                httpx.get(f"{base}/openapi.json", timeout=1)
-                return process
-            except httpx.TransportError:
-                time.sleep(0.3)
-        process.kill()
-        raise AssertionError("the service did not start within 60 s")
+    def serve(*options: str) -> AbstractContextManager[LiveServer]:
+        command = [*todo_api, "serve", "--port", str(port), *options]
+        return server_process(command, env=env, workdir=clean_env.parent, base_url=base, timeout=60)
 
-    def stop(process: subprocess.Popen[str]) -> str:
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=30)
-        assert process.returncode == 0, output
-        return output
+    def interrupt(server: LiveServer) -> str:
+        """Ctrl-C, as a person at the terminal would."""
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(30) == 0, server.output()
+        return server.output()
 
-    process = start()
-    try:
+    with serve() as server:
         token = subprocess.run(
             [*todo_api, "token", "alice"], env=env, capture_output=True, text=True, check=True
         ).stdout.strip()
@@ -131,21 +109,18 @@ def test_serve_on_the_embedded_default_end_to_end(clean_env: Path) -> None:
         own_token = login.json()["access_token"]
         me = httpx.get(f"{base}/api/auth/me", headers={"Authorization": f"Bearer {own_token}"})
         assert me.json()["email"] == "carol@example.com"
-    finally:
-        output = stop(process)
+        output = interrupt(server)
     assert f"on {base}" in output
     assert f"docs: {base}/docs" in output
     assert "todo-api token USER_ID" in output
     assert "Stopping embedded PostgreSQL." in output
     assert not (clean_env / "pgdata" / "postmaster.pid").exists(), "the embedded server was left running"
 
-    process = start("--workers", "2")  # workers build their app from the environment
-    try:
+    with serve("--workers", "2") as server:  # workers build their app from the environment
         listed = httpx.get(f"{base}/api/alice/tasks", headers=headers)
         assert [task["title"] for task in listed.json()] == ["survive a restart"]
         # The same signing key and accounts in every worker: the earlier token still opens /me.
         for _ in range(4):
             me = httpx.get(f"{base}/api/auth/me", headers={"Authorization": f"Bearer {own_token}"})
             assert me.status_code == 200
-    finally:
-        stop(process)
+        interrupt(server)

