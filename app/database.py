@@ -66,9 +66,6 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_connect_timeout,
-        # A connection from before a database restart is found dead at checkout and
-        # replaced, rather than failing the request that drew it.
-        pool_pre_ping=True,
         connect_args=connect_args,
         # Bound parameters (user ids, the signed context) stay out of errors and logs.
         hide_parameters=True,
