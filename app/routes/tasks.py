@@ -191,7 +191,10 @@ async def get_task(task_id: TaskId, session: UserSession, subject: CurrentSubjec
 
 async def _update(session: UserSession, subject: str, task_id: int, **values: object) -> Response:
     task = await session.scalar(
-        update(Task).where(*_own(subject, task_id)).values(**values, updated_at=func.now()).returning(_TASK_JSON)
+        update(Task)
+        .where(*_own(subject, task_id))
+        .values(**values, updated_at=func.now())
+        .returning(_TASK_JSON)
     )
     if task is None:
         raise NotFound(TASK_NOT_FOUND)

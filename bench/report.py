@@ -1,0 +1,369 @@
+"""The results: measurements, the ratios that give them meaning, the targets of issue 5,
+as JSON, a markdown table and a PNG of the growth curve."""
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+TARGETS = {
+    "service": "1. service as shipped",
+    "no_rls": "2. same, RLS bypassed",
+    "no_db": "3. no database (GET /bench/whoami)",
+    "pgbench": "4. pgbench, the service's SQL",
+}
+# Issue 5's targets.
+MIN_ISOLATION_RATIO = 0.95
+MIN_LIST_TO_NO_DB_RATIO = 0.40
+MAX_GROWTH_RATIO = 1.2
+MAX_WORKER_MB = 150.0
+
+
+@dataclass
+class Measurement:
+    target: str  # a key of TARGETS
+    scenario: str
+    requests: int
+    errors: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    memory_peak_mb: float | None = None  # largest RSS of one worker
+    memory_mean_mb: float | None = None  # mean RSS of a worker
+    connections_per_worker: list[int] | None = None  # how wrk's connections fell on the workers
+    other_cpu_percent: float | None = None  # of the machine's CPU, used by anything but the benchmark
+    rounds_rps: list[float] | None = None  # each round's req/s, when combined from rounds
+
+
+def combine(rounds: list[Measurement]) -> Measurement:
+    """Rounds of one measurement as one: medians of the rates and latencies, the worst
+    of memory and disturbance, the sums of counts."""
+    if len(rounds) == 1:
+        return rounds[0]
+    middle = sorted(rounds, key=lambda m: m.rps)[len(rounds) // 2]
+    peaks = [m.memory_peak_mb for m in rounds if m.memory_peak_mb is not None]
+    means = [m.memory_mean_mb for m in rounds if m.memory_mean_mb is not None]
+    others = [m.other_cpu_percent for m in rounds if m.other_cpu_percent is not None]
+    return replace(
+        middle,
+        requests=sum(m.requests for m in rounds),
+        errors=sum(m.errors for m in rounds),
+        seconds=round(sum(m.seconds for m in rounds), 2),
+        rps=median(m.rps for m in rounds),
+        p50_ms=median(m.p50_ms for m in rounds),
+        p99_ms=median(m.p99_ms for m in rounds),
+        memory_peak_mb=max(peaks) if peaks else None,
+        memory_mean_mb=sum(means) / len(means) if means else None,
+        other_cpu_percent=max(others) if others else None,
+        rounds_rps=[round(m.rps, 1) for m in rounds],
+    )
+
+
+@dataclass
+class Plan:
+    scenario: str
+    text: str
+    execution_ms: float | None
+
+    @property
+    def seq_scan(self) -> bool:
+        return "Seq Scan" in self.text
+
+
+@dataclass
+class GrowthPoint:
+    tasks: int
+    users: int
+    seed_seconds: float
+    list: Measurement
+    get: Measurement
+    plans: list[Plan]
+
+
+@dataclass
+class Target:
+    name: str
+    measured: float | None
+    limit: str
+    met: bool | None  # None: not measured in this run
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    meta: dict[str, Any]
+    measurements: list[Measurement] = field(default_factory=list)
+    growth: list[GrowthPoint] = field(default_factory=list)
+    # scenario -> the statements of one request, as bench.capture.Statement.to_json()
+    captured: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # scenario -> (pgbench command, mean ms) for each command of its script
+    statement_latencies: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+
+    def find(self, target: str, scenario: str) -> Measurement | None:
+        return next((m for m in self.measurements if m.target == target and m.scenario == scenario), None)
+
+    def ratio(self, scenario: str, control: str) -> float | None:
+        service = self.find("service", scenario)
+        other = self.find(control, "whoami" if control == "no_db" else scenario)
+        if service is None or other is None or not other.rps:
+            return None
+        return service.rps / other.rps
+
+    def ratios(self) -> dict[str, dict[str, float | None]]:
+        scenarios = [m.scenario for m in self.measurements if m.target == "service"]
+        return {
+            s: {
+                "1/2": self.ratio(s, "no_rls"),
+                "1/3": self.ratio(s, "no_db"),
+                "1/4": self.ratio(s, "pgbench"),
+            }
+            for s in scenarios
+        }
+
+    def targets(self) -> list[Target]:
+        targets = []
+        for scenario in ("list", "get"):
+            value = self.ratio(scenario, "no_rls")
+            targets.append(
+                Target(
+                    f"isolation cost: {scenario} with RLS / without (req/s)",
+                    value,
+                    f">= {MIN_ISOLATION_RATIO}",
+                    None if value is None else value >= MIN_ISOLATION_RATIO,
+                )
+            )
+        value = self.ratio("list", "no_db")
+        targets.append(
+            Target(
+                "list of 50 / no-database route (req/s)",
+                value,
+                f">= {MIN_LIST_TO_NO_DB_RATIO}",
+                None if value is None else value >= MIN_LIST_TO_NO_DB_RATIO,
+            )
+        )
+        if len(self.growth) >= 2:
+            first, last = self.growth[0], self.growth[-1]
+            value = last.list.p50_ms / first.list.p50_ms if first.list.p50_ms else None
+            targets.append(
+                Target(
+                    f"growth: list p50 at {last.tasks:,} tasks / at {first.tasks:,}",
+                    value,
+                    f"<= {MAX_GROWTH_RATIO}",
+                    None if value is None else value <= MAX_GROWTH_RATIO,
+                    f"{last.list.p50_ms:.2f} ms / {first.list.p50_ms:.2f} ms",
+                )
+            )
+        else:
+            targets.append(
+                Target("growth: list p50, largest / smallest size", None, f"<= {MAX_GROWTH_RATIO}", None)
+            )
+        plans = [plan for point in self.growth for plan in point.plans]
+        seq_scans = [f"{p.scenario} at {pt.tasks:,}" for pt in self.growth for p in pt.plans if p.seq_scan]
+        targets.append(
+            Target(
+                "plans: index scans only, no sequential scan",
+                float(len(seq_scans)),
+                "0 sequential scans",
+                None if not plans else not seq_scans,
+                ", ".join(seq_scans) or f"{len(plans)} plans checked",
+            )
+        )
+        peaks = [m.memory_peak_mb for m in self.measurements if m.target == "service" and m.memory_peak_mb]
+        value = max(peaks) if peaks else None
+        targets.append(
+            Target(
+                "server memory under load, per worker (peak RSS, MB)",
+                value,
+                f"<= {MAX_WORKER_MB:.0f}",
+                None if value is None else value <= MAX_WORKER_MB,
+            )
+        )
+        return targets
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "meta": self.meta,
+            "measurements": [asdict(m) for m in self.measurements],
+            "ratios": self.ratios(),
+            "targets": [asdict(t) for t in self.targets()],
+            "growth": [
+                {
+                    **{k: v for k, v in asdict(point).items() if k != "plans"},
+                    "plans": [{**asdict(p), "seq_scan": p.seq_scan} for p in point.plans],
+                }
+                for point in self.growth
+            ],
+            "captured": self.captured,
+            "statement_latencies": {k: [list(x) for x in v] for k, v in self.statement_latencies.items()},
+        }
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _met(target: Target) -> str:
+    return "not measured" if target.met is None else ("**met**" if target.met else "**missed**")
+
+
+def to_markdown(report: Report, chart: str | None) -> str:
+    meta = report.meta
+    lines = [
+        f"# Benchmark {meta['started']}",
+        "",
+        f"{meta['machine']}. {meta['users']:,} users x {meta['tasks_per_user']} tasks = "
+        f"{meta['users'] * meta['tasks_per_user']:,} tasks; {meta['workers']} uvicorn worker(s); "
+        f"wrk with {meta['connections']} connections ({meta['threads']} thread(s)) for "
+        f"{meta['duration']} s per scenario and round after {meta['warmup']} s of warm-up, "
+        f"{meta['rounds']} round(s) interleaving the configurations, medians shown; pgbench with as "
+        f"many clients. Run took {meta.get('total_seconds', 0):.0f} s.",
+        *(f"\n**Warning**: {warning}." for warning in meta.get("warnings", [])),
+        "",
+        "## Requests per second and latency",
+        "",
+        "| scenario | configuration | req/s | req/s of each round | p50 ms | p99 ms | errors "
+        "| worker RSS peak / mean MB | connections per worker | other CPU % |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|---:|",
+    ]
+    order = {"list": 0, "get": 1, "create": 2, "toggle": 3, "mix": 4, "whoami": 5}
+    for m in sorted(
+        report.measurements, key=lambda m: (order.get(m.scenario, 9), list(TARGETS).index(m.target))
+    ):
+        memory = "-" if m.memory_peak_mb is None else f"{m.memory_peak_mb:.0f} / {m.memory_mean_mb:.0f}"
+        spread = " + ".join(map(str, m.connections_per_worker)) if m.connections_per_worker else "-"
+        each = ", ".join(f"{rps:,.0f}" for rps in m.rounds_rps) if m.rounds_rps else "-"
+        lines.append(
+            f"| {m.scenario} | {TARGETS[m.target]} | {_num(m.rps, 0)} | {each} | {_num(m.p50_ms, 2)} | "
+            f"{_num(m.p99_ms, 2)} | {m.errors} | {memory} | {spread} | {_num(m.other_cpu_percent, 0)} |"
+        )
+    lines += [
+        "",
+        "## Ratios (req/s of the service / req/s of the control)",
+        "",
+        "| scenario | 1/2 cost of isolation | 1/3 of the framework's ceiling "
+        "| 1/4 of the database's ceiling |",
+        "|---|---:|---:|---:|",
+    ]
+    for scenario, ratios in report.ratios().items():
+        lines.append(
+            f"| {scenario} | {_num(ratios['1/2'], 2)} | {_num(ratios['1/3'], 2)} | {_num(ratios['1/4'], 2)} |"
+        )
+    lines += ["", "## Targets (issue 5)", "", "| target | measured | limit | |", "|---|---:|---|---|"]
+    for target in report.targets():
+        measured = _num(target.measured, 2) + (f" ({target.detail})" if target.detail else "")
+        lines.append(f"| {target.name} | {measured} | {target.limit} | {_met(target)} |")
+    if report.growth:
+        lines += [
+            "",
+            "## Growth: latency against table size",
+            "",
+            f"The service as shipped, {meta['growth_connections']} connection(s), "
+            f"{meta['growth_duration']} s per point; `execution ms` is PostgreSQL's own time for the "
+            "query (EXPLAIN ANALYZE, as the runtime role, RLS in force).",
+            "",
+            "| tasks | users | list p50 ms | list p99 ms | list req/s | get p50 ms | get p99 ms | get req/s "
+            "| list execution ms | get execution ms | seeding s |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for point in report.growth:
+            executions = {p.scenario: p.execution_ms for p in point.plans}
+            cells = [
+                f"{point.tasks:,}",
+                f"{point.users:,}",
+                *(f"{value:.2f}" for value in (point.list.p50_ms, point.list.p99_ms)),
+                f"{point.list.rps:,.0f}",
+                *(f"{value:.2f}" for value in (point.get.p50_ms, point.get.p99_ms)),
+                f"{point.get.rps:,.0f}",
+                _num(executions.get("list"), 3),
+                _num(executions.get("get"), 3),
+                f"{point.seed_seconds:.0f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        if chart:
+            lines += ["", f"![p50 latency against table size]({chart})"]
+        for point in report.growth:
+            for plan in point.plans:
+                lines += [
+                    "",
+                    f"<details><summary>Plan of {plan.scenario} at {point.tasks:,} tasks</summary>",
+                    "",
+                    "```",
+                    plan.text,
+                    "```",
+                    "</details>",
+                ]
+    if report.captured:
+        lines += [
+            "",
+            "## Where the time goes: the statements of one request",
+            "",
+            "Read from PostgreSQL's statement log while the service answered one request of each "
+            "kind; each statement is one round trip. pgbench's mean time per statement is from "
+            "control 4 (its whole run, warm-up included, under its full load).",
+        ]
+        for scenario, statements in report.captured.items():
+            latencies = report.statement_latencies.get(scenario, [])
+            commands = [(cmd, ms) for cmd, ms in latencies if not cmd.startswith("\\")]
+            lines += [
+                "",
+                f"**{scenario}**: {len(statements)} round trips",
+                "",
+                "| # | statement | pgbench mean ms |",
+                "|---:|---|---:|",
+            ]
+            for i, statement in enumerate(statements):
+                text = " ".join(statement["sql"].split())
+                text = text if len(text) <= 110 else text[:107] + "..."
+                note = f" ({statement['note']})" if statement.get("note") else ""
+                ms = _num(commands[i][1], 3) if i < len(commands) else "-"
+                lines.append(f"| {i + 1} | `{text}`{note} | {ms} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def growth_chart(report: Report, path: Path) -> bool:
+    """The p50 latency of list and get against table size; False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    sizes = [point.tasks for point in report.growth]
+    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for scenario, marker in (("list", "o"), ("get", "s")):
+        values = [getattr(point, scenario).p50_ms for point in report.growth]
+        axes.plot(sizes, values, marker=marker, label=f"{scenario} p50")
+    axes.set_xscale("log")
+    axes.set_xticks(sizes, [f"{size:,}" for size in sizes])
+    axes.set_ylim(bottom=0)
+    axes.set_xlabel("tasks in the table")
+    axes.set_ylabel("latency, ms")
+    axes.set_title(f"Latency against table size ({report.meta['growth_connections']} connection(s))")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return True
+
+
+def write(report: Report, directory: Path, stamp: str) -> list[Path]:
+    """<stamp>.md, .json (and -growth.png), copied to latest.*; the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    chart = None
+    if report.growth and growth_chart(report, directory / f"{stamp}-growth.png"):
+        chart = f"{stamp}-growth.png"
+        shutil.copyfile(directory / chart, directory / "latest-growth.png")
+        written.append(directory / chart)
+    (directory / f"{stamp}.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    (directory / f"{stamp}.md").write_text(to_markdown(report, chart))
+    (directory / "latest.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    (directory / "latest.md").write_text(to_markdown(report, "latest-growth.png" if chart else None))
+    written += [directory / f"{stamp}.md", directory / f"{stamp}.json"]
+    return written

@@ -1,0 +1,271 @@
+"""The service under uvicorn in its own process group, as a user starts it, and the
+resident memory of its worker processes while load runs."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+# uvicorn logs this once per worker when its lifespan (role and key checks) has passed.
+STARTED = "Application startup complete."
+# Inherited variables that would change how uvicorn runs behind the benchmark's back.
+_UVICORN_VARIABLES = ("UVICORN_", "WEB_CONCURRENCY")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def todo_api_command() -> list[str]:
+    """`todo-api`, the console script a user runs."""
+    script = Path(sys.executable).with_name("todo-api")
+    found = str(script) if script.exists() else shutil.which("todo-api")
+    return [found] if found else [sys.executable, "-c", "from app.cli import main; main()"]
+
+
+def environment(overrides: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(_UVICORN_VARIABLES)}
+    # bench/ is not installed: uvicorn's workers import bench.control_app from the project.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return env | overrides
+
+
+@dataclass
+class RunningService:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    workers: int
+
+    def worker_processes(self) -> list[psutil.Process]:
+        """The processes that serve requests: uvicorn's spawned workers, or the one process."""
+        main = psutil.Process(self.process.pid)
+        if self.workers == 1:
+            return [main]
+        workers = []
+        for child in main.children(recursive=True):
+            try:
+                if "spawn_main" in " ".join(child.cmdline()):
+                    workers.append(child)
+            except psutil.Error:
+                continue
+        return workers
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def connections_per_worker(self) -> list[int]:
+        """Established client connections each worker holds now."""
+        port = int(self.base_url.rsplit(":", 1)[1])
+        counts = []
+        for worker in self.worker_processes():
+            try:
+                held = worker.net_connections(kind="tcp")
+            except psutil.Error:
+                held = []
+            counts.append(
+                sum(
+                    1
+                    for c in held
+                    if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+                )
+            )
+        return counts
+
+
+def _wait_until_serving(service: RunningService) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    answered_at: float | None = None
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"the service exited while starting:\n{service.output()[-3000:]}")
+        try:
+            if httpx.get(f"{service.base_url}/healthz", timeout=1.0).status_code == 200:
+                answered_at = answered_at or time.monotonic()
+        except httpx.TransportError:
+            pass
+        # Every worker, not only the first: load must not land on one worker while the
+        # others are still starting. Their start-up line is logged at LOG_LEVEL=info;
+        # above that, a few seconds after the first answer have to do.
+        if answered_at is not None and (
+            service.output().count(STARTED) >= service.workers or time.monotonic() - answered_at > 5
+        ):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the service did not start within {START_TIMEOUT:.0f} s:\n{service.output()[-3000:]}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    # Its own process group (start_new_session): uvicorn's workers go with it.
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(STOP_TIMEOUT)
+
+
+@contextmanager
+def serve(
+    command: list[str], env: dict[str, str], workdir: Path, workers: int, port: int
+) -> Iterator[RunningService]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "server.log"
+    # A file, not a pipe that nobody reads while the load runs. The working directory
+    # is the run's own, so no .env file is picked up.
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(  # noqa: S603 - the harness's own commands
+            command,
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    service = RunningService(f"http://127.0.0.1:{port}", process, log_path, workers)
+    try:
+        _wait_until_serving(service)
+        yield service
+    finally:
+        _stop(process)
+
+
+def shipped_service(
+    env: dict[str, str], workdir: Path, workers: int
+) -> AbstractContextManager[RunningService]:
+    """Control 1, the service as shipped: `todo-api serve --workers N`."""
+    port = free_port()
+    command = [*todo_api_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    return serve([*command, "--workers", str(workers)], env, workdir, workers, port)
+
+
+def control_service(
+    env: dict[str, str], workdir: Path, workers: int
+) -> AbstractContextManager[RunningService]:
+    """Controls 2 and 3: bench/control_app.py under uvicorn, with the options `todo-api
+    serve` gives it (its own logging, no uvicorn access log)."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.control_app:create_control_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+    ]
+    return serve(command, env, workdir, workers, port)
+
+
+class MemorySampler:
+    """Resident set size of each worker, sampled every `interval` seconds in a thread."""
+
+    def __init__(self, service: RunningService, interval: float = 0.25) -> None:
+        self._service = service
+        self._interval = interval
+        self._samples: list[list[int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        workers = self._service.worker_processes()
+        while not self._stop.is_set():
+            sample = []
+            for worker in workers:
+                try:
+                    sample.append(worker.memory_info().rss)
+                except psutil.Error:
+                    continue
+            if sample:
+                self._samples.append(sample)
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float | None:
+        """The largest RSS any one worker reached."""
+        return max((max(s) for s in self._samples), default=0) / 2**20 if self._samples else None
+
+    @property
+    def mean_mb(self) -> float | None:
+        """The mean RSS of a worker over the run."""
+        if not self._samples:
+            return None
+        values = [value for sample in self._samples for value in sample]
+        return sum(values) / len(values) / 2**20
+
+
+class CpuAccount:
+    """How much of the machine's CPU went to anything but the benchmark while a
+    measurement ran: the load of other people's work, or time the hypervisor stole.
+    Ours is this process and its children (servers, wrk, pgbench) and the database
+    server's processes; those that ended count through their parent's children times."""
+
+    def __init__(self, roots: list[int]) -> None:
+        self._roots = roots
+        self.other_percent: float | None = None
+
+    def _ours(self) -> float:
+        total = 0.0
+        for root in self._roots:
+            try:
+                processes = [psutil.Process(root)]
+                processes += processes[0].children(recursive=True)
+            except psutil.Error:
+                continue
+            for process in processes:
+                try:
+                    times = process.cpu_times()
+                except psutil.Error:
+                    continue
+                total += times.user + times.system + times.children_user + times.children_system
+        return total
+
+    @staticmethod
+    def _busy() -> float:
+        times = psutil.cpu_times()
+        return sum(
+            getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal")
+        )
+
+    def __enter__(self) -> "CpuAccount":
+        self._started = time.monotonic()
+        self._busy_at_start, self._ours_at_start = self._busy(), self._ours()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.monotonic() - self._started
+        busy, ours = self._busy() - self._busy_at_start, self._ours() - self._ours_at_start
+        if elapsed > 0:
+            self.other_percent = max(0.0, busy - ours) / (elapsed * (os.cpu_count() or 1)) * 100
