@@ -121,8 +121,9 @@ def _find(keys: dict[str, PyJWK], kid: str | None) -> PyJWK | None:
 class SigningKey:
     """The service's own Ed25519 key, for the tokens it issues to built-in accounts."""
 
-    private_pem: bytes
+    private: Ed25519PrivateKey
     kid: str
+    public_jwk: dict[str, str]
 
     @classmethod
     def from_pem(cls, pem: bytes) -> "SigningKey":
@@ -130,7 +131,8 @@ class SigningKey:
         if not isinstance(private, Ed25519PrivateKey):
             raise ValueError("TOKEN_SIGNING_KEY must be an Ed25519 private key in PEM")
         jwk = json.loads(OKPAlgorithm.to_jwk(private.public_key()))
-        return cls(private_pem=pem, kid=_thumbprint(jwk))
+        kid = _thumbprint(jwk)
+        return cls(private=private, kid=kid, public_jwk={**jwk, "kid": kid, "alg": "EdDSA", "use": "sig"})
 
     @staticmethod
     def generate_pem() -> bytes:
@@ -138,15 +140,8 @@ class SigningKey:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
 
-    @property
-    def public_jwk(self) -> dict[str, str]:
-        private = serialization.load_pem_private_key(self.private_pem, password=None)
-        assert isinstance(private, Ed25519PrivateKey)
-        jwk = json.loads(OKPAlgorithm.to_jwk(private.public_key()))
-        return {**jwk, "kid": self.kid, "alg": "EdDSA", "use": "sig"}
-
     def sign(self, payload: dict[str, Any]) -> str:
-        return jwt.encode(payload, self.private_pem, algorithm="EdDSA", headers={"kid": self.kid})
+        return jwt.encode(payload, self.private, algorithm="EdDSA", headers={"kid": self.kid})
 
 
 def _thumbprint(jwk: dict[str, str]) -> str:
