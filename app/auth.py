@@ -180,10 +180,14 @@ class TokenVerifier:
             await self._keys.aclose()
 
 
+def client_address(request: Request) -> str:
+    """The caller's address, as uvicorn reports it (behind a trusted proxy, the client's)."""
+    return request.client.host if request.client else "unknown"
+
+
 def unauthorized(reason: str, request: Request) -> HTTPException:
-    client = request.client.host if request.client else "unknown"
     # The reason and the address only: the token itself is never logged.
-    log.warning("authentication failed: %s (client %s)", reason, client)
+    log.warning("authentication failed: %s (client %s)", reason, client_address(request))
     challenge = (
         "Bearer"
         if reason == "missing bearer token"

@@ -108,9 +108,9 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("jwt_algorithms", mode="before")
+    @field_validator("jwt_algorithms", "cors_origins", mode="before")
     @classmethod
-    def _split_algorithms(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
@@ -138,13 +138,6 @@ class Settings(BaseSettings):
     def accounts(self) -> bool:
         """Whether built-in accounts are on: ACCOUNTS_ENABLED, else on for the embedded default."""
         return self.embedded if self.accounts_enabled is None else self.accounts_enabled
-
-    @field_validator("cors_origins", mode="before")
-    @classmethod
-    def _split_origins(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
     @field_validator("rate_limit_requests", "rate_limit_writes", "rate_limit_auth")
     @classmethod

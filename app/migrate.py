@@ -5,7 +5,6 @@ import hashlib
 import psycopg
 from alembic import command, op
 from alembic.config import Config
-from sqlalchemy.engine import make_url
 
 from app.database import libpq_url
 from app.paths import MIGRATIONS_DIR, read_sql
@@ -25,7 +24,7 @@ def apply_sql(relative: str) -> None:
 def alembic_config(url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.attributes["url"] = make_url(url).set(drivername=MIGRATION_DRIVER)
+    config.attributes["url"] = url  # migrations/env.py picks the driver
     return config
 
 

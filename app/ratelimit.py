@@ -19,7 +19,7 @@ from limits.storage import storage_from_string
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.auth import CurrentSubject
+from app.auth import CurrentSubject, client_address
 from app.config import Settings
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,12 @@ class ClientRateLimitMiddleware:
         await too_many(retry_after, "too many requests, slow down")(scope, receive, send)
 
 
+def _rate_limited(retry_after: int, detail: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS, detail=detail, headers={"Retry-After": str(retry_after)}
+    )
+
+
 async def limit_writes(request: Request, subject: CurrentSubject) -> None:
     """RATE_LIMIT_WRITES per user, for the methods that change something."""
     if request.method in READ_METHODS:
@@ -115,8 +121,13 @@ async def limit_writes(request: Request, subject: CurrentSubject) -> None:
     retry_after = await request.app.state.rate_limiter.writes_retry_after(subject)
     if retry_after is not None:
         log.warning("rate limited writes of a user")
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            detail="too many changes, slow down",
-            headers={"Retry-After": str(retry_after)},
-        )
+        raise _rate_limited(retry_after, "too many changes, slow down")
+
+
+async def limit_auth(request: Request, action: str, email: str) -> None:
+    """RATE_LIMIT_AUTH per client address and per email, for register and log-in."""
+    client = client_address(request)
+    retry_after = await request.app.state.rate_limiter.auth_retry_after(action, client, email)
+    if retry_after is not None:
+        log.warning("rate limited %s attempts (client %s)", action, client)
+        raise _rate_limited(retry_after, f"too many {action} attempts, try again later")

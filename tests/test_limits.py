@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from tests.conftest import running_app
+from tests.live_server import free_port
 from tests.tokens import auth
 
 ORIGIN = "https://app.example"
@@ -81,12 +82,6 @@ def test_a_rate_limit_that_does_not_parse_is_refused_at_start_up() -> None:
 # --- in Redis, shared by instances ----------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _answers_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
@@ -105,7 +100,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    port = _free_port()
+    port = free_port()
     workdir = Path(tmp_path_factory.mktemp("redis"))
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -161,7 +156,7 @@ async def test_per_client_limits_in_redis_hold_across_instances(settings: Settin
 
 async def test_an_unreachable_redis_does_not_stop_the_service(settings: Settings) -> None:
     settings = settings.model_copy(
-        update={"rate_limit_writes": "1/minute", "rate_limit_storage": f"redis://127.0.0.1:{_free_port()}"}
+        update={"rate_limit_writes": "1/minute", "rate_limit_storage": f"redis://127.0.0.1:{free_port()}"}
     )
     async with running_app(settings) as app, client_from(app) as client:
         assert [(await create(client, "frank")).status_code for _ in range(2)] == [201, 201]

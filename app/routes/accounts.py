@@ -16,10 +16,11 @@ from pwdlib import PasswordHash
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
-from app.auth import CurrentSubject, TokenVerifier
+from app.auth import CurrentSubject, TokenVerifier, client_address
 from app.config import Settings
 from app.errors import NotFound
 from app.models import AccessToken, Account, AccountCreate, AccountPublic
+from app.ratelimit import limit_auth
 from app.session import UserSession, UserSessions
 
 log = logging.getLogger(__name__)
@@ -37,25 +38,12 @@ def _normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
-async def _rate_limit(request: Request, action: str, email: str) -> None:
-    """RATE_LIMIT_AUTH per client address and per email, for register and token."""
-    client = request.client.host if request.client else "unknown"
-    retry_after = await request.app.state.rate_limiter.auth_retry_after(action, client, email)
-    if retry_after is not None:
-        log.warning("rate limited %s attempts (client %s)", action, client)
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            detail=f"too many {action} attempts, try again later",
-            headers={"Retry-After": str(retry_after)},
-        )
-
-
 @router.post("/register", response_model=AccountPublic, status_code=status.HTTP_201_CREATED)
 async def register(body: AccountCreate, request: Request) -> AccountPublic:
     """Create an account."""
     settings: Settings = request.app.state.settings
     email = _normalize_email(body.email)
-    await _rate_limit(request, "register", email)
+    await limit_auth(request, "register", email)
     if len(body.password) < settings.password_min_length:
         raise RequestValidationError(
             [
@@ -92,7 +80,7 @@ async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: 
     """Log in with email (as `username`) and password; get a bearer token."""
     settings: Settings = request.app.state.settings
     email = _normalize_email(form.username)
-    await _rate_limit(request, "log-in", email)
+    await limit_auth(request, "log-in", email)
     sessions: UserSessions = request.app.state.user_sessions
     async with sessions.anonymous() as session:
         found = (
@@ -101,7 +89,7 @@ async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: 
     password_hash = found.password_hash if found else _DUMMY_HASH
     valid = await anyio.to_thread.run_sync(passwords.verify, form.password, password_hash)
     if found is None or not valid:
-        log.warning("log-in failed (client %s)", request.client.host if request.client else "unknown")
+        log.warning("log-in failed (client %s)", client_address(request))
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, detail=INVALID_LOGIN, headers={"WWW-Authenticate": "Bearer"}
         )
