@@ -210,7 +210,7 @@ def test_the_definer_functions_have_a_fixed_search_path(admin_conn: psycopg.Conn
 
 async def test_auth_routes_are_rate_limited_per_address_and_per_email(db_url: DbUrls) -> None:
     settings = make_settings(
-        db_url, accounts_enabled=True, token_signing_key=SIGNING_PEM, rate_limit_auth="3/minute"
+        db_url, accounts_enabled=True, token_signing_key=SIGNING_PEM, rate_limit_auth="3/day"
     )
     async with running_app(settings) as app:
         one = httpx.ASGITransport(app=app, client=("10.0.0.1", 1000))
@@ -231,7 +231,7 @@ async def test_auth_routes_are_rate_limited_per_address_and_per_email(db_url: Db
 
 async def test_register_is_rate_limited_too(db_url: DbUrls) -> None:
     settings = make_settings(
-        db_url, accounts_enabled=True, token_signing_key=SIGNING_PEM, rate_limit_auth="2/minute"
+        db_url, accounts_enabled=True, token_signing_key=SIGNING_PEM, rate_limit_auth="2/day"
     )
     async with running_app(settings) as app, http_client(app) as client:
         statuses = [(await register(client, f"user{n}@example.com")).status_code for n in range(3)]
