@@ -74,6 +74,7 @@ _BY_SQLSTATE: dict[str, tuple[int, str]] = {
     # Shutting down, starting up, restarting (57P01..57P03): the server will be back.
     "57": (status.HTTP_503_SERVICE_UNAVAILABLE, UNAVAILABLE),
     "53": (status.HTTP_503_SERVICE_UNAVAILABLE, UNAVAILABLE),  # out of connections, memory, disk
+    "3D": (status.HTTP_503_SERVICE_UNAVAILABLE, UNAVAILABLE),  # the database named does not exist (yet)
 }
 
 
@@ -95,21 +96,28 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-async def _connect_refused(request: Request, exc: Exception) -> JSONResponse:
-    """An error from the server while opening a connection, which SQLAlchemy passes on
-    unwrapped: "the database system is shutting down" (57P03), too many clients (53300),
-    a password refused (28P01)."""
-    assert isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError)
-    sqlstate = getattr(exc, "sqlstate", None) or ""
+async def _postgres_error(request: Request, exc: Exception) -> JSONResponse:
+    """An error straight from asyncpg: the requests' statements run on its connections
+    (app/session.py), and SQLAlchemy passes errors from opening one on unwrapped: "the
+    database system is shutting down" (57P03), too many clients (53300), a password
+    refused (28P01)."""
+    assert isinstance(exc, asyncpg.PostgresError)
+    sqlstate = exc.sqlstate or ""
     if sqlstate.startswith("28"):
         # Wrong credentials are the operator's problem; the client can only wait.
         log.error("the database refused the service's credentials (%s)", sqlstate)
         return _unavailable()
     response = _sqlstate_response(sqlstate)
     if response is None:
-        log.warning("database connection failed: %s %s", type(exc).__name__, sqlstate)
-        return _unavailable()
+        log.error("database error %s", sqlstate or "without SQLSTATE", exc_info=exc)
+        return _json(status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
     return response
+
+
+async def _connection_lost(request: Request, exc: Exception) -> JSONResponse:
+    """asyncpg's own errors: a connection closed under a statement, or not opened."""
+    log.warning("database connection failed: %s", type(exc).__name__)
+    return _unavailable()
 
 
 async def _unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -166,6 +174,7 @@ def install_error_handlers(app: FastAPI) -> None:
     # A pool with no free connection, or a server that refuses connections.
     app.add_exception_handler(PoolTimeoutError, _unavailable_handler)
     app.add_exception_handler(OSError, _unavailable_handler)
-    app.add_exception_handler(asyncpg.PostgresError, _connect_refused)
-    app.add_exception_handler(asyncpg.InterfaceError, _connect_refused)
+    app.add_exception_handler(asyncpg.PostgresError, _postgres_error)
+    app.add_exception_handler(asyncpg.InterfaceError, _connection_lost)
+    app.add_exception_handler(asyncpg.InternalClientError, _connection_lost)
     app.add_exception_handler(Exception, _unexpected)

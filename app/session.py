@@ -13,6 +13,12 @@ the expiry has not passed. So SQL running as the runtime role (an injection, say
 make itself another user by calling set_config: it cannot sign, and a value copied from
 an earlier transaction goes stale. When the transaction ends the settings are gone, so a
 pooled connection (or a PgBouncer server connection) carries no user into the next one.
+
+Requests run on the pooled connection's asyncpg driver (`connection`): the routes send
+few, fixed statements, and SQLAlchemy's per-statement work cost more than PostgreSQL's
+(bench/README.md, "Optimisation log"). The pool, its size and its PgBouncer settings are
+still SQLAlchemy's. `transaction` gives the same context to an ORM session, for scripts
+and for the tests that run unfiltered ORM queries to show that row-level security holds.
 """
 
 import hashlib
@@ -22,18 +28,34 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+import asyncpg
 from fastapi import Depends, Request
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.util import greenlet_spawn
 
 from app.auth import CurrentSubject
 
-_SET_CONTEXT = text(
-    "select set_config('app.user_id', :user_id, true),"
-    " set_config('app.user_expires', :expires, true),"
-    " set_config('app.user_sig', :sig, true)"
+# Positional ($1), as asyncpg takes it and SQLAlchemy's asyncpg dialect passes it on.
+SET_CONTEXT = (
+    "select set_config('app.user_id', $1, true),"
+    " set_config('app.user_expires', $2, true),"
+    " set_config('app.user_sig', $3, true)"
 )
 _PROBE_USER = "todo-api startup probe"
+# Errors after which a connection may be in the middle of a statement, or gone.
+_CONNECTION_TROUBLE = (
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+)  # TimeoutError is an OSError
+
+
+def _in_step(error: BaseException) -> bool:
+    """Whether the connection is still in step with the server after `error`: after an
+    error PostgreSQL reported, or one of the route's own, it is, and a rollback ends the
+    transaction; after a lost connection, a timeout or a cancellation it may be in the
+    middle of a statement, and is closed instead of going back to the pool."""
+    return isinstance(error, Exception) and not isinstance(error, _CONNECTION_TROUBLE)
 
 
 class ContextKeyMismatch(RuntimeError):
@@ -48,20 +70,50 @@ class UserSessions:
     """Opens transactions that act for one user: the request path and the tests use the same."""
 
     def __init__(self, engine: AsyncEngine, context_key: bytes, context_ttl: int) -> None:
+        self.engine = engine
         self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
         self._key = context_key
         self._ttl = context_ttl
 
-    def context(self, user_id: str) -> dict[str, str]:
-        """The three settings that make a transaction act for `user_id`."""
+    def context(self, user_id: str) -> tuple[str, str, str]:
+        """SET_CONTEXT's parameters that make a transaction act for `user_id`."""
         expires = int(time.time()) + self._ttl
-        return {"user_id": user_id, "expires": str(expires), "sig": sign_context(self._key, user_id, expires)}
+        return user_id, str(expires), sign_context(self._key, user_id, expires)
+
+    @asynccontextmanager
+    async def connection(self, user_id: str) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection in a transaction acting for `user_id`: commits on exit,
+        rolls back on error. What every request runs on."""
+        pooled = await self.engine.raw_connection()
+        connection: asyncpg.Connection = pooled.driver_connection
+        error: BaseException | None = None
+        try:
+            await connection.execute("begin")
+            try:
+                await connection.execute(SET_CONTEXT, *self.context(user_id))
+                yield connection
+            except BaseException as exc:
+                if _in_step(exc):
+                    await connection.execute("rollback")
+                raise
+            await connection.execute("commit")
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if (error is None or _in_step(error)) and not connection.is_in_transaction():
+                # Back to the pool, which may close it (overflow, recycling): I/O, done in
+                # SQLAlchemy's greenlet as all its I/O is.
+                await greenlet_spawn(pooled.close)
+            else:
+                # Closing it ends its transaction on the server too.
+                await greenlet_spawn(pooled.invalidate, error)
 
     @asynccontextmanager
     async def transaction(self, user_id: str) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction acting for `user_id`: commits on exit, rolls back on error."""
+        """An ORM session in a transaction acting for `user_id`: commits on exit, rolls back on error."""
         async with self.sessionmaker() as session, session.begin():
-            await session.execute(_SET_CONTEXT, self.context(user_id))
+            await (await session.connection()).exec_driver_sql(SET_CONTEXT, self.context(user_id))
             yield session
 
     @asynccontextmanager
@@ -74,8 +126,8 @@ class UserSessions:
     async def check_context_key(self) -> None:
         """Refuse to serve when the database would not accept this service's contexts
         (no key installed, or another one): every request would see nothing."""
-        async with self.transaction(_PROBE_USER) as session:
-            seen = await session.scalar(text("select app.current_user_id()"))
+        async with self.connection(_PROBE_USER) as connection:
+            seen = await connection.fetchval("select app.current_user_id()")
         if seen != _PROBE_USER:
             raise ContextKeyMismatch(
                 "refusing to start: the database does not accept this service's user context: "
@@ -84,12 +136,12 @@ class UserSessions:
             )
 
 
-async def _request_session(request: Request, subject: CurrentSubject) -> AsyncIterator[AsyncSession]:
+async def _request_connection(request: Request, subject: CurrentSubject) -> AsyncIterator[asyncpg.Connection]:
     sessions: UserSessions = request.app.state.user_sessions
-    async with sessions.transaction(subject) as session:
-        yield session
+    async with sessions.connection(subject) as connection:
+        yield connection
 
 
-# scope="function": the transaction commits (or rolls back) before the response is sent,
-# so a client never sees a success that was not committed.
-UserSession = Annotated[AsyncSession, Depends(_request_session, scope="function")]
+# The session dependency. scope="function": the transaction commits (or rolls back)
+# before the response is sent, so a client never sees a success that was not committed.
+UserConnection = Annotated[asyncpg.Connection, Depends(_request_connection, scope="function")]

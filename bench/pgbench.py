@@ -32,6 +32,9 @@ MAX_SCRIPT_USERS = 20
 # User n's writer (see _commands) is user WRITERS + n, far past any seeded user.
 WRITERS = 10**16
 _PLACEHOLDER = re.compile(r"\$(\d+)")
+_LITERAL = re.compile(r"'(?:[^']|'')*'")
+# What pgbench would read as a variable: a colon and a name (a `::` cast is not one).
+_LOOKS_LIKE_VARIABLE = re.compile(r"(?<!:):[A-Za-z_]")
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,14 @@ def _command(statement: Statement, n: int, constants: dict[str, str], user: str 
             return "NULL"  # pgbench cannot bind a NULL; the service sends none in these requests
         return ":" + constants.setdefault(param.value, f"c{len(constants)}")
 
-    text = _PLACEHOLDER.sub(variable, statement.sql).strip()
+    def literal(match: re.Match[str]) -> str:
+        # A literal such as to_char's 'HH24:MI:SS' would be read as the variables :MI
+        # and :SS; it becomes a bound constant instead.
+        if not _LOOKS_LIKE_VARIABLE.search(match[0]):
+            return match[0]
+        return ":" + constants.setdefault(match[0][1:-1].replace("''", "'"), f"c{len(constants)}")
+
+    text = _PLACEHOLDER.sub(variable, _LITERAL.sub(literal, statement.sql)).strip()
     return text if text.endswith(";") else text + ";"
 
 

@@ -18,13 +18,14 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.util import greenlet_spawn
 
 from app.config import RUNTIME_ROLE, Settings
-from app.session import UserSessions
+from app.session import SET_CONTEXT, UserSessions
 from tests.conftest import TEST_DB, DbUrls, Server, http_client, make_settings, running_app
 from tests.live_server import free_port
 from tests.tokens import auth
@@ -167,21 +168,19 @@ async def test_control_a_session_level_context_leaks_and_is_caught(
     connections, and requests run as whoever set a context there last."""
 
     @asynccontextmanager
-    async def leaky_transaction(self: UserSessions, user_id: str) -> AsyncIterator[AsyncSession]:
+    async def leaky_connection(self: UserSessions, user_id: str) -> AsyncIterator[asyncpg.Connection]:
         async with self.sessionmaker() as setup:
-            await setup.execute(
-                text(
-                    "select set_config('app.user_id', :user_id, false),"
-                    " set_config('app.user_expires', :expires, false),"
-                    " set_config('app.user_sig', :sig, false)"
-                ),
-                self.context(user_id),
-            )
+            session_level = SET_CONTEXT.replace(", true)", ", false)")
+            await (await setup.connection()).exec_driver_sql(session_level, self.context(user_id))
             await setup.commit()
-        async with self.sessionmaker() as session, session.begin():
-            yield session
+        pooled = await self.engine.raw_connection()
+        try:
+            async with pooled.driver_connection.transaction():
+                yield pooled.driver_connection
+        finally:
+            await greenlet_spawn(pooled.close)
 
-    monkeypatch.setattr(UserSessions, "transaction", leaky_transaction)
+    monkeypatch.setattr(UserSessions, "connection", leaky_connection)
     async with running_app(bouncer_settings) as app, http_client(app) as client:
         crossed, _ = await crossings(client)
     assert crossed > 0, "the control scenario should have leaked; the checks would miss a leak"

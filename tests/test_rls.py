@@ -2,8 +2,6 @@
 same session code the app uses (app.session.UserSessions.transaction), see and change
 only the current user's rows; with no user set they see and change nothing."""
 
-from collections.abc import Callable
-
 import httpx
 import psycopg
 import pytest
@@ -234,8 +232,17 @@ async def test_routes_stay_isolated_without_their_explicit_filters(
 ) -> None:
     import app.routes.tasks as routes
 
-    no_filter: Callable[[str], list[object]] = lambda subject: []  # noqa: E731
-    monkeypatch.setattr(routes, "_owner_filter", no_filter)
+    # A filter that passes every row (it still names $1, the caller, as every statement binds it).
+    monkeypatch.setattr(routes, "OWNER_FILTER", "$1::text is not null")
+    unfiltered = [
+        routes._get_sql(routes.OWNER_FILTER),
+        routes._delete_sql(routes.OWNER_FILTER),
+        routes._update_sql(routes.OWNER_FILTER, ""),
+        routes._list_sql(
+            routes.OWNER_FILTER, routes.StatusFilter.all, routes.SortField.created, routes.SortOrder.desc
+        ),
+    ]
+    assert not any("tasks.user_id" in statement for statement in unfiltered), unfiltered
 
     bobs = (await client.post("/api/bob/tasks", json={"title": "bob's"}, headers=auth("bob"))).json()
     await client.post("/api/alice/tasks", json={"title": "alice's"}, headers=auth("alice"))

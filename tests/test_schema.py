@@ -1,11 +1,13 @@
 """Catalog guards: what the migrated database must look like for isolation to hold."""
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import asyncpg
 import httpx
 import psycopg
-from fastapi import FastAPI
-from sqlalchemy import event
+import pytest
 
 from app.config import OWNER_ROLE, RUNTIME_ROLE
 from app.policies import declared_state, drift, live_state, policy_files
@@ -122,9 +124,9 @@ def test_a_policy_edited_live_is_seen_as_drift(db_url: DbUrls, admin_conn: psyco
 
 async def test_list_query_uses_the_user_index_on_a_large_table(
     admin_conn: psycopg.Connection,
-    app: FastAPI,
     client: httpx.AsyncClient,
     sessions: UserSessions,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     admin_conn.execute(
         """
@@ -134,29 +136,34 @@ async def test_list_query_uses_the_user_index_on_a_large_table(
     )
     admin_conn.execute("analyze tasks")
 
-    captured: list[tuple[str, object]] = []
+    captured: list[tuple[str, tuple[object, ...]]] = []
 
-    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if "FROM tasks" in statement:
-            captured.append((statement, parameters))
+    def capture(query: asyncpg.connection.LoggedQuery) -> None:
+        if "from tasks" in query.query:
+            captured.append((query.query, query.args))
 
-    # The exact SQL the list route sends, captured from a real request.
-    sync_engine = app.state.engine.sync_engine
-    event.listen(sync_engine, "before_cursor_execute", capture)
-    try:
-        for params in ({}, {"status": "pending", "sort": "title"}, {"sort": "updated", "order": "asc"}):
-            response = await client.get("/api/user7/tasks", params=params, headers=auth("user7"))
-            assert response.status_code == 200
-            assert response.headers["X-Total-Count"] in ("100", "67")
-    finally:
-        event.remove(sync_engine, "before_cursor_execute", capture)
+    # The exact SQL the list route sends, captured from real requests.
+    serve = UserSessions.connection
+
+    @asynccontextmanager
+    async def logged(self: UserSessions, user_id: str) -> AsyncIterator[asyncpg.Connection]:
+        async with serve(self, user_id) as connection:
+            connection.add_query_logger(capture)
+            try:
+                yield connection
+            finally:
+                connection.remove_query_logger(capture)
+
+    monkeypatch.setattr(UserSessions, "connection", logged)
+    for params in ({}, {"status": "pending", "sort": "title"}, {"sort": "updated", "order": "asc"}):
+        response = await client.get("/api/user7/tasks", params=params, headers=auth("user7"))
+        assert response.status_code == 200
+        assert response.headers["X-Total-Count"] in ("100", "67")
+    monkeypatch.undo()
     assert len(captured) == 3
 
-    async with sessions.transaction("user7") as session:
+    async with sessions.connection("user7") as connection:
         for statement, parameters in captured:
-            raw = await session.connection()
-            plan = "\n".join(
-                row[0] for row in (await raw.exec_driver_sql(f"explain {statement}", parameters)).all()
-            )
+            plan = "\n".join(row[0] for row in await connection.fetch(f"explain {statement}", *parameters))
             assert "Seq Scan" not in plan, plan
             assert "Index" in plan, plan

@@ -13,15 +13,15 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import OAuth2PasswordRequestForm
 from pwdlib import PasswordHash
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from app.auth import CurrentSubject, TokenVerifier, client_address
 from app.config import Settings
 from app.errors import NotFound
-from app.models import AccessToken, Account, AccountCreate, AccountPublic
+from app.models import AccessToken, AccountCreate, AccountPublic
 from app.ratelimit import limit_auth
-from app.session import UserSession, UserSessions
+from app.session import UserConnection, UserSessions
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,11 @@ async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: 
 
 
 @router.get("/me", response_model=AccountPublic, responses={404: {"description": "No built-in account"}})
-async def me(session: UserSession, subject: CurrentSubject) -> Account:
+async def me(connection: UserConnection, subject: CurrentSubject) -> AccountPublic:
     """Your account."""
-    account = await session.scalar(select(Account).where(Account.user_id == subject))
+    account = await connection.fetchrow(
+        "select user_id, email, name, created_at from accounts where user_id = $1", subject
+    )
     if account is None:
         raise NotFound("no built-in account for this user")
-    return account
+    return AccountPublic(**account)

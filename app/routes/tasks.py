@@ -1,28 +1,28 @@
-"""Task routes. Thin: the session is already scoped to the caller by row-level security.
+"""Task routes. Thin: the connection is already scoped to the caller by row-level security.
 
-The explicit `user_id == subject` filters below are defense in depth and a hint to the
-planner; tests/test_rls.py proves isolation holds without them.
+Each route sends one fixed statement, written here in SQL, with the caller's id as $1.
+The explicit owner filter in them (OWNER_FILTER) is defense in depth and the planner's
+way to the (user_id, ...) indexes; tests/test_rls.py swaps it for one that passes every
+row and shows that isolation holds without it.
 
 PostgreSQL writes the response bodies: each statement returns its task (or page of
 tasks) already as JSON text in the shape of TaskPublic, which the route sends as it is.
 Building ORM objects and validating and serializing them again in Python cost more than
-the query itself (bench/README.md has the numbers); `response_model` still documents the
-shape, and the route tests hold every field to it.
+the query itself (bench/README.md, "Optimisation log"); `response_model` still documents
+the shape, and the route tests hold every field to it.
 """
 
 from enum import StrEnum
+from functools import cache
 from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
-from sqlalchemy import ColumnElement, Text, cast, delete, func, insert, not_, select, update
-from sqlalchemy.dialects.postgresql import aggregate_order_by
-from sqlalchemy.sql.expression import ColumnCollection
 
 from app.auth import CurrentSubject, require_path_owner
 from app.errors import NotFound
-from app.models import Task, TaskCreate, TaskPublic, TaskReplace, TaskUpdate
-from app.session import UserSession
+from app.models import TaskCreate, TaskPublic, TaskReplace, TaskUpdate
+from app.session import UserConnection
 
 router = APIRouter(
     prefix="/api/{user_id}/tasks",
@@ -56,42 +56,99 @@ class SortOrder(StrEnum):
     desc = "desc"
 
 
-_SORT_COLUMNS = {
-    SortField.created: Task.created_at,
-    SortField.updated: Task.updated_at,
-    SortField.title: Task.title,
+# --- the statements ------------------------------------------------------------------
+# Composed from constants only (column names, the enums above), never from a request's
+# values, which are all bound parameters: hence the `noqa: S608`s. Cached, so each
+# variant is built once.
+
+OWNER_FILTER = "tasks.user_id = $1"
+
+_SORT_COLUMNS = {SortField.created: "created_at", SortField.updated: "updated_at", SortField.title: "title"}
+_STATUS_FILTERS = {
+    StatusFilter.all: "",
+    StatusFilter.pending: " and not tasks.completed",
+    StatusFilter.completed: " and tasks.completed",
 }
-
-
 # ISO 8601 in UTC whatever the session's TimeZone, e.g. 2026-11-21T06:30:13.430928Z.
 _UTC_TIMESTAMP = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
 
 
-def _task_json(columns: ColumnCollection[str, ColumnElement[object]]) -> ColumnElement[object]:
-    """A task row as a JSON object of TaskPublic's fields. jsonb, because json's text form
-    spaces every colon (`"id" : 1`); jsonb prints `"id": 1` (and orders keys its own way)."""
-    fields: list[object] = []
+def _public(row: str) -> str:
+    """A subquery of TaskPublic's fields of `row` (a tasks row), in TaskPublic's order:
+    row_to_json and json_agg write it as the response, compact as FastAPI writes JSON."""
+    fields = []
     for name in TaskPublic.model_fields:
-        column = columns[name]
+        value = f"{row}.{name}"
         if name in ("created_at", "updated_at"):
-            column = func.to_char(func.timezone("UTC", column), _UTC_TIMESTAMP)
-        fields += [name, column]
-    return func.jsonb_build_object(*fields)
+            value = f"to_char({value} at time zone 'UTC', '{_UTC_TIMESTAMP}')"
+        fields.append(f"{value} as {name}")
+    return "select " + ", ".join(fields)
 
 
-_TASK_JSON = cast(_task_json(Task.__table__.c), Text)
+def _one(statement: str) -> str:
+    """`statement` (which yields tasks rows) answering its row's id and JSON."""
+    return (
+        f"with t as ({statement})"  # noqa: S608
+        f" select t.id, row_to_json(p)::text from t, lateral ({_public('t')}) p"
+    )
+
+
+@cache
+def _list_sql(owner_filter: str, status_filter: StatusFilter, sort: SortField, order: SortOrder) -> str:
+    """$1 the user, $2 limit, $3 offset: the page as a JSON array, and the total count."""
+    column, direction = _SORT_COLUMNS[sort], order.value
+    page = (
+        "select tasks.*, count(*) over () as total from tasks"  # noqa: S608
+        f" where {owner_filter}{_STATUS_FILTERS[status_filter]}"
+        f" order by tasks.{column} {direction}, tasks.id {direction} limit $2 offset $3"
+    )
+    return (
+        f"with page as ({page})"  # noqa: S608
+        f" select json_agg(p order by page.{column} {direction}, page.id {direction})::text,"
+        f" max(page.total) from page, lateral ({_public('page')}) p"
+    )
+
+
+@cache
+def _count_sql(owner_filter: str, status_filter: StatusFilter) -> str:
+    return f"select count(*) from tasks where {owner_filter}{_STATUS_FILTERS[status_filter]}"  # noqa: S608
+
+
+@cache
+def _create_sql() -> str:
+    columns = ["user_id", *TaskCreate.model_fields]
+    values = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    return _one(f"insert into tasks ({', '.join(columns)}) values ({values}) returning *")  # noqa: S608
+
+
+@cache
+def _get_sql(owner_filter: str) -> str:
+    return _one(f"select * from tasks where tasks.id = $2 and {owner_filter}")  # noqa: S608
+
+
+@cache
+def _update_sql(owner_filter: str, assignments: str) -> str:
+    return _one(
+        f"update tasks set {assignments}updated_at = now()"  # noqa: S608
+        f" where tasks.id = $2 and {owner_filter} returning *"
+    )
+
+
+def _set(fields: tuple[str, ...]) -> str:
+    """Assignments of `fields` (model field names) to $3, $4, ... ."""
+    return "".join(f"{name} = ${i}, " for i, name in enumerate(fields, start=3))
+
+
+@cache
+def _delete_sql(owner_filter: str) -> str:
+    return f"delete from tasks where tasks.id = $2 and {owner_filter} returning tasks.id"  # noqa: S608
+
+
+# --- the routes ----------------------------------------------------------------------
 
 
 def _json(content: str, status_code: int = status.HTTP_200_OK) -> Response:
     return Response(content=content, status_code=status_code, media_type="application/json")
-
-
-def _owner_filter(subject: str) -> list[ColumnElement[bool]]:
-    return [Task.user_id == subject]
-
-
-def _own(subject: str, task_id: int) -> list[ColumnElement[bool]]:
-    return [Task.id == task_id, *_owner_filter(subject)]
 
 
 def _page_links(request: Request, total: int, limit: int, offset: int) -> str | None:
@@ -120,7 +177,7 @@ def _page_links(request: Request, total: int, limit: int, offset: int) -> str | 
 )
 async def list_tasks(
     request: Request,
-    session: UserSession,
+    connection: UserConnection,
     subject: CurrentSubject,
     status_filter: Annotated[StatusFilter, Query(alias="status")] = StatusFilter.all,
     sort: SortField = SortField.created,
@@ -129,35 +186,14 @@ async def list_tasks(
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Response:
     """List your tasks."""
-    conditions = _owner_filter(subject)
-    if status_filter is not StatusFilter.all:
-        conditions.append(Task.completed.is_(status_filter is StatusFilter.completed))
     if order is None:
         order = SortOrder.asc if sort is SortField.title else SortOrder.desc
-    column = _SORT_COLUMNS[sort]
-    direction = (lambda c: c.asc()) if order is SortOrder.asc else (lambda c: c.desc())
-
-    page = (
-        select(Task.__table__, func.count().over().label("total"))
-        .where(*conditions)
-        .order_by(direction(column), direction(Task.id))
-        .limit(limit)
-        .offset(offset)
-        .subquery("page")
-    )
-    ordering = [direction(page.c[column.key]), direction(page.c.id)]
-    body, total = (
-        await session.execute(
-            select(
-                cast(func.jsonb_agg(aggregate_order_by(_task_json(page.c), *ordering)), Text),
-                func.max(page.c.total),
-            )
-        )
-    ).one()
+    statement = _list_sql(OWNER_FILTER, status_filter, sort, order)
+    body, total = await connection.fetchrow(statement, subject, limit, offset)
     if body is None:
         body = "[]"
         # Past the last page the window count has no row to ride on.
-        total = offset and await session.scalar(select(func.count()).select_from(Task).where(*conditions))
+        total = offset and await connection.fetchval(_count_sql(OWNER_FILTER, status_filter), subject)
     headers = {"X-Total-Count": str(total or 0)}
     if links := _page_links(request, total or 0, limit, offset):
         headers["Link"] = links
@@ -166,14 +202,10 @@ async def list_tasks(
 
 @router.post("", response_model=TaskPublic, status_code=status.HTTP_201_CREATED)
 async def create_task(
-    body: TaskCreate, request: Request, session: UserSession, subject: CurrentSubject
+    body: TaskCreate, request: Request, connection: UserConnection, subject: CurrentSubject
 ) -> Response:
     """Create a task."""
-    task_id, task = (
-        await session.execute(
-            insert(Task).values(user_id=subject, **body.model_dump()).returning(Task.id, _TASK_JSON)
-        )
-    ).one()
+    task_id, task = await connection.fetchrow(_create_sql(), subject, *body.model_dump().values())
     # Percent-encoded: a user id may hold any character, and a header only Latin-1.
     owner = quote(subject, safe="")
     response = _json(task, status.HTTP_201_CREATED)
@@ -182,51 +214,47 @@ async def create_task(
 
 
 @router.get("/{task_id}", response_model=TaskPublic, responses=_NOT_FOUND_RESPONSE)
-async def get_task(task_id: TaskId, session: UserSession, subject: CurrentSubject) -> Response:
+async def get_task(task_id: TaskId, connection: UserConnection, subject: CurrentSubject) -> Response:
     """Get one task."""
-    task = await session.scalar(select(_TASK_JSON).where(*_own(subject, task_id)))
-    if task is None:
-        raise NotFound(TASK_NOT_FOUND)
-    return _json(task)
+    return await _one_task(connection, _get_sql(OWNER_FILTER), subject, task_id)
 
 
-async def _update(session: UserSession, subject: str, task_id: int, **values: object) -> Response:
-    task = await session.scalar(
-        update(Task)
-        .where(*_own(subject, task_id))
-        .values(**values, updated_at=func.now())
-        .returning(_TASK_JSON)
-    )
-    if task is None:
+async def _one_task(connection: UserConnection, statement: str, *values: object) -> Response:
+    row = await connection.fetchrow(statement, *values)
+    if row is None:
         raise NotFound(TASK_NOT_FOUND)
-    return _json(task)
+    return _json(row[1])
 
 
 @router.put("/{task_id}", response_model=TaskPublic, responses=_NOT_FOUND_RESPONSE)
 async def replace_task(
-    task_id: TaskId, body: TaskReplace, session: UserSession, subject: CurrentSubject
+    task_id: TaskId, body: TaskReplace, connection: UserConnection, subject: CurrentSubject
 ) -> Response:
     """Replace a task's title, description and completed flag."""
-    return await _update(session, subject, task_id, **body.model_dump())
+    values = body.model_dump()
+    statement = _update_sql(OWNER_FILTER, _set(tuple(values)))
+    return await _one_task(connection, statement, subject, task_id, *values.values())
 
 
 @router.patch("/{task_id}", response_model=TaskPublic, responses=_NOT_FOUND_RESPONSE)
 async def update_task(
-    task_id: TaskId, body: TaskUpdate, session: UserSession, subject: CurrentSubject
+    task_id: TaskId, body: TaskUpdate, connection: UserConnection, subject: CurrentSubject
 ) -> Response:
     """Change some of a task's fields."""
-    return await _update(session, subject, task_id, **body.model_dump(exclude_unset=True))
+    values = body.model_dump(exclude_unset=True)
+    statement = _update_sql(OWNER_FILTER, _set(tuple(values)))
+    return await _one_task(connection, statement, subject, task_id, *values.values())
 
 
 @router.patch("/{task_id}/complete", response_model=TaskPublic, responses=_NOT_FOUND_RESPONSE)
-async def toggle_task(task_id: TaskId, session: UserSession, subject: CurrentSubject) -> Response:
+async def toggle_task(task_id: TaskId, connection: UserConnection, subject: CurrentSubject) -> Response:
     """Toggle a task between pending and completed."""
-    return await _update(session, subject, task_id, completed=not_(Task.completed))
+    statement = _update_sql(OWNER_FILTER, "completed = not tasks.completed, ")
+    return await _one_task(connection, statement, subject, task_id)
 
 
 @router.delete("/{task_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND_RESPONSE)
-async def delete_task(task_id: TaskId, session: UserSession, subject: CurrentSubject) -> None:
+async def delete_task(task_id: TaskId, connection: UserConnection, subject: CurrentSubject) -> None:
     """Delete a task."""
-    deleted = await session.scalar(delete(Task).where(*_own(subject, task_id)).returning(Task.id))
-    if deleted is None:
+    if await connection.fetchval(_delete_sql(OWNER_FILTER), subject, task_id) is None:
         raise NotFound(TASK_NOT_FOUND)
