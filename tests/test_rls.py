@@ -1,13 +1,16 @@
 """Row-level security proof: unfiltered queries, run as the runtime role through the
-same session code the app uses (app.session.UserSessions.transaction), see and change
-only the current user's rows; with no user set they see and change nothing."""
+same session code the app uses (app.session.UserSessions: `transaction` gives the
+request's signed context to an ORM session, `connection` is what the routes run on),
+see and change only the current user's rows; with no user set they see and change nothing."""
 
+import asyncpg
 import httpx
 import psycopg
 import pytest
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
 from app.config import Settings
 from app.database import create_engine
@@ -178,38 +181,81 @@ async def test_delete_without_a_user_removes_nothing(
 # --- pooled connections -------------------------------------------------------------
 
 
-async def test_users_in_turn_on_one_pooled_connection_never_see_each_other(settings: Settings) -> None:
+def one_connection_sessions(settings: Settings) -> UserSessions:
     engine = create_engine(settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
-    sessions = UserSessions(engine, TEST_CONTEXT_KEY.encode(), settings.rls_context_ttl)
+    return UserSessions(engine, TEST_CONTEXT_KEY.encode(), settings.rls_context_ttl)
+
+
+async def left_behind(sessions: UserSessions) -> tuple[int, str | None, int]:
+    """On the pool's connection outside any user's transaction: its backend, the user
+    setting it carries, and the tasks it sees."""
+    pooled = await sessions.engine.raw_connection()
+    try:
+        return tuple(
+            await pooled.driver_connection.fetchrow(
+                "select pg_backend_pid(), current_setting('app.user_id', true), (select count(*) from tasks)"
+            )
+        )  # type: ignore[return-value]
+    finally:
+        await greenlet_spawn(pooled.close)
+
+
+async def test_users_in_turn_on_one_pooled_connection_never_see_each_other(settings: Settings) -> None:
+    sessions = one_connection_sessions(settings)
     try:
         await seed(sessions)
         pids = set()
         for user, expected in [("alice", ["a1", "a2"]), ("bob", ["b1"]), ("alice", ["a1", "a2"])]:
+            # The request path, then the ORM path: both end their context with the transaction.
+            async with sessions.connection(user) as connection:
+                pids.add(await connection.fetchval("select pg_backend_pid()"))
+                assert sorted(await connection.fetchval("select array_agg(title) from tasks")) == expected
             async with sessions.transaction(user) as session:
                 pids.add(await session.scalar(text("select pg_backend_pid()")))
                 assert sorted(await session.scalars(select(Task.title))) == expected
-            # Back in the pool, the connection carries no user: the setting ended with the transaction.
-            async with sessions.sessionmaker() as session, session.begin():
-                pids.add(await session.scalar(text("select pg_backend_pid()")))
-                assert await session.scalar(text("select current_setting('app.user_id', true)")) == ""
-                assert (await session.scalars(select(Task))).all() == []
+            # Back in the pool, the connection carries no user.
+            pid, setting, visible = await left_behind(sessions)
+            pids.add(pid)
+            assert (setting or "", visible) == ("", 0)
         assert len(pids) == 1, "the test must reuse a single connection"
     finally:
-        await engine.dispose()
+        await sessions.engine.dispose()
 
 
-async def test_context_does_not_survive_a_rolled_back_request(settings: Settings) -> None:
-    engine = create_engine(settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
-    sessions = UserSessions(engine, TEST_CONTEXT_KEY.encode(), settings.rls_context_ttl)
+@pytest.mark.parametrize("failure", ["the route's own error", "a statement PostgreSQL refused"])
+async def test_context_does_not_survive_a_rolled_back_request(settings: Settings, failure: str) -> None:
+    sessions = one_connection_sessions(settings)
     try:
         await seed(sessions)
-        with pytest.raises(RuntimeError):
-            async with sessions.transaction("alice"):
-                raise RuntimeError("the request failed")
-        async with sessions.sessionmaker() as session, session.begin():
-            assert (await session.scalars(select(Task))).all() == []
+        before, _, _ = await left_behind(sessions)
+        with pytest.raises((RuntimeError, asyncpg.PostgresError)):
+            async with sessions.connection("alice") as connection:
+                await connection.execute("insert into tasks (user_id, title) values ('alice', 'a3')")
+                if failure == "the route's own error":
+                    raise RuntimeError("the request failed")
+                await connection.execute("insert into tasks (user_id, title) values ('bob', 'not mine')")
+        # The same connection, in step and rolled back: no user, and a3 was never written.
+        assert await left_behind(sessions) == (before, "", 0)
+        assert await titles_seen_by(sessions, "alice") == ["a1", "a2"]
     finally:
-        await engine.dispose()
+        await sessions.engine.dispose()
+
+
+async def test_a_connection_interrupted_mid_statement_is_closed_not_reused(settings: Settings) -> None:
+    """A timeout (or a cancelled request) can leave a connection in the middle of a
+    statement and of alice's transaction: it must not serve the next request."""
+    sessions = one_connection_sessions(settings)
+    try:
+        await seed(sessions)
+        before, _, _ = await left_behind(sessions)
+        with pytest.raises(TimeoutError):
+            async with sessions.connection("alice") as connection:
+                await connection.execute("select pg_sleep(5)", timeout=0.2)
+        after, setting, visible = await left_behind(sessions)
+        assert after != before and (setting or "", visible) == ("", 0)
+        assert await titles_seen_by(sessions, "bob") == ["b1"]
+    finally:
+        await sessions.engine.dispose()
 
 
 # --- other roles --------------------------------------------------------------------
