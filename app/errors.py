@@ -84,16 +84,12 @@ async def _not_found(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """An error through SQLAlchemy (the ORM sessions of sign-up and log-in)."""
     assert isinstance(exc, DBAPIError)
     if exc.connection_invalidated:
         log.warning("database connection lost: %s", type(exc.orig).__name__)
         return _unavailable()
-    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-    response = _sqlstate_response(sqlstate)
-    if response is None:
-        log.error("database error %s", sqlstate or "without SQLSTATE", exc_info=exc)
-        return _json(status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
-    return response
+    return _postgres_answer(getattr(exc.orig, "sqlstate", None) or "", exc)
 
 
 async def _postgres_error(request: Request, exc: Exception) -> JSONResponse:
@@ -102,7 +98,10 @@ async def _postgres_error(request: Request, exc: Exception) -> JSONResponse:
     database system is shutting down" (57P03), too many clients (53300), a password
     refused (28P01)."""
     assert isinstance(exc, asyncpg.PostgresError)
-    sqlstate = exc.sqlstate or ""
+    return _postgres_answer(exc.sqlstate or "", exc)
+
+
+def _postgres_answer(sqlstate: str, exc: Exception) -> JSONResponse:
     if sqlstate.startswith("28"):
         # Wrong credentials are the operator's problem; the client can only wait.
         log.error("the database refused the service's credentials (%s)", sqlstate)
