@@ -42,12 +42,9 @@ SET_CONTEXT = (
     " set_config('app.user_sig', $3, true)"
 )
 _PROBE_USER = "todo-api startup probe"
-# Errors after which a connection may be in the middle of a statement, or gone.
-_CONNECTION_TROUBLE = (
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    OSError,
-)  # TimeoutError is an OSError
+# Errors after which a connection may be in the middle of a statement, or gone. A
+# statement over DB_STATEMENT_TIMEOUT raises TimeoutError, which is an OSError.
+_CONNECTION_TROUBLE = (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 
 def _in_step(error: BaseException) -> bool:
