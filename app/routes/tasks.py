@@ -75,7 +75,7 @@ _UTC_TIMESTAMP = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
 
 def _public(row: str) -> str:
     """A subquery of TaskPublic's fields of `row` (a tasks row), in TaskPublic's order:
-    row_to_json and json_agg write it as the response, compact as FastAPI writes JSON."""
+    row_to_json writes it as the response, compact as FastAPI writes JSON."""
     fields = []
     for name in TaskPublic.model_fields:
         value = f"{row}.{name}"
@@ -95,8 +95,8 @@ def _one(statement: str) -> str:
 
 @cache
 def _list_sql(owner_filter: str, status_filter: StatusFilter, sort: SortField, order: SortOrder) -> str:
-    """$1 the user, $2 limit, $3 offset: the page as a JSON array (null past the last
-    page), and the count of all the user's tasks that pass the filter."""
+    """$1 the user, $2 limit, $3 offset: the page as a JSON array, and the count of all
+    the user's tasks that pass the filter."""
     column, direction = _SORT_COLUMNS[sort], order.value
     where = f"where {owner_filter}{_STATUS_FILTERS[status_filter]}"
 
@@ -108,7 +108,8 @@ def _list_sql(owner_filter: str, status_filter: StatusFilter, sort: SortField, o
     page = f"select * from tasks {where} {order_by('tasks')} limit $2 offset $3"  # noqa: S608
     return (
         f"with page as ({page})"  # noqa: S608
-        f" select json_agg(p {order_by('page')})::text,"
+        # string_agg rather than json_agg, which puts a line break between elements.
+        f" select coalesce('[' || string_agg(row_to_json(p)::text, ',' {order_by('page')}) || ']', '[]'),"
         f" (select count(*) from tasks {where})"
         f" from page, lateral ({_public('page')}) p"
     )
@@ -193,7 +194,7 @@ async def list_tasks(
     headers = {"X-Total-Count": str(total)}
     if links := _page_links(request, total, limit, offset):
         headers["Link"] = links
-    return Response(content=body or "[]", media_type="application/json", headers=headers)
+    return Response(content=body, media_type="application/json", headers=headers)
 
 
 @router.post("", response_model=TaskPublic, status_code=status.HTTP_201_CREATED)
