@@ -26,7 +26,6 @@ from bench.report import Plan
 CAPTURED = ("list", "get", "create", "toggle")
 # A parameter's part in a statement, as pgbench and EXPLAIN rebind it.
 USER, TASK, EXPIRES, SIGNATURE = "user", "task", "expires", "signature"
-PING = ";"
 
 _ENTRY = re.compile(r"^\S+ \S+ \S+ \[(?P<pid>\d+)\] (?P<level>[A-Z]+):  (?P<message>.*)$")
 _EXECUTE = re.compile(r"^(?:statement|execute [^:]*): (?P<sql>.*)$", re.DOTALL)
@@ -45,7 +44,6 @@ class Param:
 class Statement:
     sql: str
     params: tuple[Param, ...] = ()
-    note: str | None = None  # why a statement is here though PostgreSQL did not log it
 
     @property
     def sets_context(self) -> bool:
@@ -53,7 +51,7 @@ class Statement:
 
     @property
     def is_query(self) -> bool:
-        """The request's own work: not transaction control, the ping or the context."""
+        """The request's own work: not transaction control or the context."""
         first = self.sql.strip().split(None, 1)[0].upper().rstrip(";") if self.sql.strip(" ;") else ""
         return first not in {"", "BEGIN", "COMMIT", "ROLLBACK"} and not self.sets_context
 
@@ -61,7 +59,6 @@ class Statement:
         return {
             "sql": self.sql,
             "params": [{"role": p.role, "value": p.value} for p in self.params],
-            **({"note": self.note} if self.note else {}),
         }
 
 
@@ -125,17 +122,7 @@ def parse_requests(
 
 
 def _statements(raw: list[tuple[str, list[str | None]]], known: dict[str, str]) -> list[Statement]:
-    statements = []
-    for i, (text, values) in enumerate(raw):
-        statements.append(Statement(text, tuple(Param(_role(v, known), v) for v in values)))
-        following = raw[i + 1][0].upper() if i + 1 < len(raw) else ""
-        if text.upper().startswith("BEGIN") and following.startswith("ROLLBACK"):
-            # SQLAlchemy's pool_pre_ping on asyncpg: BEGIN, the empty query ";", ROLLBACK.
-            # PostgreSQL does not log an empty query, but it is a round trip all the same.
-            statements.append(
-                Statement(PING, note="pool_pre_ping's empty query (PostgreSQL does not log it)")
-            )
-    return statements
+    return [Statement(text, tuple(Param(_role(v, known), v) for v in values)) for text, values in raw]
 
 
 async def capture(

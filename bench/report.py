@@ -317,9 +317,8 @@ def to_markdown(report: Report, chart: str | None) -> str:
             for i, statement in enumerate(statements):
                 text = " ".join(statement["sql"].split())
                 text = text if len(text) <= 110 else text[:107] + "..."
-                note = f" ({statement['note']})" if statement.get("note") else ""
                 ms = _num(commands[i][1], 3) if i < len(commands) else "-"
-                lines.append(f"| {i + 1} | `{text}`{note} | {ms} |")
+                lines.append(f"| {i + 1} | `{text}` | {ms} |")
     lines.append("")
     return "\n".join(lines)
 
