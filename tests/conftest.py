@@ -58,6 +58,14 @@ class Server:
             return f"postgresql://{auth}/{database}?host={self.host}&port={self.port}"
         return f"postgresql://{auth}{self.host}:{self.port}/{database}"
 
+    def urls(self, database: str) -> "DbUrls":
+        """`database`'s URLs as the runtime role, the owner and the superuser."""
+        return DbUrls(
+            runtime=self.url(database, RUNTIME_ROLE),
+            owner=self.url(database, OWNER_ROLE),
+            admin=self.url(database),
+        )
+
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Server]:
@@ -124,11 +132,7 @@ def admin_conn(postgresql: psycopg.Connection) -> psycopg.Connection:
 
 @pytest.fixture
 def db_url(pg_server: Server, postgresql: psycopg.Connection) -> "DbUrls":
-    return DbUrls(
-        runtime=pg_server.url(TEST_DB, RUNTIME_ROLE),
-        owner=pg_server.url(TEST_DB, OWNER_ROLE),
-        admin=pg_server.url(TEST_DB),
-    )
+    return pg_server.urls(TEST_DB)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pydantic_settings import NoDecode
 from pytest_postgresql.executors import NoopExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from app.config import OWNER_ROLE, RUNTIME_ROLE, Settings
+from app.config import Settings
 from tests.conftest import TEST_DB, DbUrls, Server, make_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -209,11 +209,7 @@ def module_database(pg_server: Server, template: NoopExecutor, name: str) -> Ite
     )
     janitor.drop()  # left over from an interrupted run
     with janitor:
-        yield DbUrls(
-            runtime=pg_server.url(name, RUNTIME_ROLE),
-            owner=pg_server.url(name, OWNER_ROLE),
-            admin=pg_server.url(name),
-        )
+        yield pg_server.urls(name)
 
 
 @dataclass(frozen=True)
