@@ -73,7 +73,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=5, ge=0)
+    # A fixed pool by default: SQLAlchemy closes an overflow connection as soon as it is
+    # returned, so under sustained load past the pool every few requests paid for a new
+    # server process and its authentication (bench/README.md, round 3). Requests past the
+    # pool wait for a connection instead, up to DB_CONNECT_TIMEOUT.
+    db_max_overflow: int = Field(default=0, ge=0)
     # Behind PgBouncer in transaction mode: no client-side pool, no prepared-statement
     # caches, unique statement names (see app/database.py).
     db_pgbouncer: bool = False
