@@ -25,9 +25,7 @@ def upgrade() -> None:
         # Stored lower-cased and trimmed by the API, so one address is one account.
         sa.Column("email", sa.String(320), nullable=False, unique=True),
         sa.Column("name", sa.String(200), nullable=False),
-        sa.Column(
-            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        ),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     )
     op.create_table(
         "account_passwords",
