@@ -97,7 +97,9 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     """Send every logger's records to one stream handler in LOG_FORMAT at LOG_LEVEL,
-    uvicorn's included (it is run with log_config=None)."""
+    uvicorn's included (it is run with log_config=None), except uvicorn's access log:
+    ours (app.middleware) has the request's route template where uvicorn's has its path,
+    user id and all."""
     install_request_id_factory()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
@@ -106,9 +108,14 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # uvicorn's access_log=False is this very setting, which `serve --workers N` workers
+    # would otherwise undo when they configure logging after uvicorn has.
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    uvicorn_access.handlers.clear()
+    uvicorn_access.propagate = False
     # At INFO and below SQLAlchemy echoes every statement, and its parameters with it.
     logging.getLogger("sqlalchemy").setLevel(logging.WARNING)

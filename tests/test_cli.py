@@ -110,6 +110,7 @@ def test_serve_on_the_embedded_default_end_to_end(clean_env: Path) -> None:
         me = httpx.get(f"{base}/api/auth/me", headers={"Authorization": f"Bearer {own_token}"})
         assert me.json()["email"] == "carol@example.com"
         output = interrupt(server)
+    assert_only_our_access_log(output)
     assert f"on {base}" in output
     assert f"docs: {base}/docs" in output
     assert "todo-api token USER_ID" in output
@@ -123,4 +124,14 @@ def test_serve_on_the_embedded_default_end_to_end(clean_env: Path) -> None:
         for _ in range(4):
             me = httpx.get(f"{base}/api/auth/me", headers={"Authorization": f"Bearer {own_token}"})
             assert me.status_code == 200
-        interrupt(server)
+        assert_only_our_access_log(interrupt(server))
+
+
+def assert_only_our_access_log(output: str) -> None:
+    """One access line per request, ours, with the route template: uvicorn's own line
+    (the request line, user id and all) stays off, in worker processes too."""
+    assert "app.access" in output
+    assert " /api/{user_id}/tasks 20" in output
+    assert "uvicorn.access" not in output
+    assert "HTTP/1.1" not in output
+    assert "/api/alice" not in output
