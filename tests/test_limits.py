@@ -1,6 +1,5 @@
 """Rate limits in memory and in Redis (shared by instances), and CORS for browsers."""
 
-import os
 import shutil
 import socket
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.config import Settings
-from tests.conftest import running_app
+from tests.conftest import missing_tool, running_app
 from tests.live_server import free_port
 from tests.tokens import auth
 
@@ -99,10 +98,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server on a loopback port, with no persistence."""
     binary = shutil.which("redis-server")
     if binary is None:
-        message = "redis-server not found on PATH (Debian package redis-server; .ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_tool("redis-server not found on PATH (Debian package redis-server; .ci/run installs it)")
     port = free_port()
     workdir = Path(tmp_path_factory.mktemp("redis"))
     process = subprocess.Popen(
