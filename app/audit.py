@@ -331,9 +331,10 @@ def print_report(report: Report, console: Console) -> None:
         table = Table(title=f"runtime role [bold]{escape(role['name'])}[/bold]", title_justify="left")
         table.add_column("attribute")
         table.add_column("value", overflow="fold")
-        for attribute in ("superuser", "bypassrls", "createrole", "createdb"):
+        for attribute in ("superuser", "bypassrls", "createrole", "createdb", "temporary"):
             table.add_row(attribute, "[red]yes[/red]" if role[attribute] else "no")
         for label, key in (
+            ("session defaults (ALTER ROLE)", "settings"),
             ("member of", "memberships"),
             ("owns", "owned_objects"),
             ("owns user data (also via roles)", "owned_user_tables"),

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     # Seconds to open a connection (or wait for a free one in the pool), and for one statement.
     db_connect_timeout: float = Field(default=5.0, gt=0)
     db_statement_timeout: float = Field(default=10.0, gt=0)
+    # Seconds a request's statement waits for a lock (lock_timeout, set per transaction
+    # with the user context): SQL in one request may lock a whole table, and the others
+    # then fail fast with a 503 instead of queueing (docs/security.md).
+    db_lock_timeout: float = Field(default=2.0, gt=0, le=600)
     max_body_size: int = Field(default=64 * 1024, ge=1)
     log_format: Literal["text", "json"] = "text"
     metrics_enabled: bool = False

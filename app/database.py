@@ -88,6 +88,12 @@ ROLE_FACTS = text(
     """
     select r.rolname as name, r.rolsuper as superuser, r.rolbypassrls as bypassrls,
            r.rolcreaterole as createrole, r.rolcreatedb as createdb,
+           has_database_privilege(r.oid, current_database(), 'TEMPORARY') as temporary,
+           -- Session defaults set with ALTER ROLE (everywhere, or in this database).
+           array(select unnest(s.setconfig) from pg_db_role_setting s
+                 where s.setrole = r.oid
+                   and s.setdatabase in (0, (select oid from pg_database where datname = current_database()))
+                 order by 1) as settings,
            array(select m.roleid::regrole::text from pg_auth_members m
                  where m.member = r.oid order by 1) as memberships,
            -- Whatever it owns in this database, and databases or tablespaces it owns.
@@ -114,7 +120,10 @@ ROLE_FACTS = text(
 def unsafe_role_problems(facts: Mapping[Any, Any]) -> list[Problem]:
     """Why row-level security would not hold the role `facts` describes (a ROLE_FACTS
     row): it is superuser, has BYPASSRLS, or owns (or is a member of the owner of) a
-    table of user data. Each of those can read every user's rows. Empty: it holds."""
+    table of user data, each of which can read every user's rows; or it may create
+    temporary objects, which one request can leave on a pooled connection for the next
+    to run; or it has session defaults, which SQL running as it may have set to break
+    every later connection. Empty: it holds."""
     role = facts["name"]
     problems = []
     if facts["superuser"]:
@@ -131,6 +140,28 @@ def unsafe_role_problems(facts: Mapping[Any, Any]) -> list[Problem]:
             Problem(
                 "runtime_role_bypassrls",
                 f"the database role {role!r} has BYPASSRLS, which exempts it from row-level security",
+                role,
+            )
+        )
+    if facts["temporary"]:
+        problems.append(
+            Problem(
+                "runtime_role_temporary",
+                f"the database role {role!r} may create temporary objects (TEMPORARY on the database, "
+                "granted to PUBLIC by default): a temporary view or function left on a pooled connection "
+                "would run inside the next request's context; sql/roles.sql revokes it",
+                role,
+            )
+        )
+    if facts["settings"]:
+        problems.append(
+            Problem(
+                "runtime_role_settings",
+                f"the database role {role!r} has session defaults set with ALTER ROLE "
+                f"({', '.join(facts['settings'])}): a role may set its own, so SQL running as it "
+                "(an injection) can, and they reach every new connection, where they can break "
+                f"requests (default_transaction_read_only, say); remove them with ALTER ROLE {role} "
+                "RESET ALL (DB_STATEMENT_TIMEOUT and DB_LOCK_TIMEOUT are the service's own)",
                 role,
             )
         )
@@ -154,5 +185,5 @@ async def check_runtime_role(engine: AsyncEngine) -> None:
     if problems:
         raise UnsafeRuntimeRole(
             f"refusing to start: {problems[0].message}; "
-            f"connect as {RUNTIME_ROLE} (created by sql/roles.sql) instead"
+            f"connect as {RUNTIME_ROLE}, created by sql/roles.sql (run it again after an upgrade)"
         )

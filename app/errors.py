@@ -11,6 +11,7 @@ from fastapi.exception_handlers import http_exception_handler, request_validatio
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -67,6 +68,11 @@ _BY_SQLSTATE: dict[str, tuple[int, str]] = {
     # client can send the same request again (Retry-After).
     "40001": (status.HTTP_503_SERVICE_UNAVAILABLE, "a concurrent change conflicted, try again"),
     "40P01": (status.HTTP_503_SERVICE_UNAVAILABLE, "a concurrent change conflicted, try again"),
+    # lock_timeout (DB_LOCK_TIMEOUT): another transaction holds a lock this one needs.
+    "55P03": (status.HTTP_503_SERVICE_UNAVAILABLE, "the data is busy, try again"),
+    # A statement of the connection's driver was deallocated by SQL in an earlier
+    # request; the connection is closed (app/session.py), and the next one is fresh.
+    "26000": (status.HTTP_503_SERVICE_UNAVAILABLE, UNAVAILABLE),
     "22": (status.HTTP_422_UNPROCESSABLE_CONTENT, "a value is not valid"),
     "08": (status.HTTP_503_SERVICE_UNAVAILABLE, UNAVAILABLE),
     # statement_timeout (set by a DBA on the role) cancels a statement with 57014.
@@ -111,6 +117,17 @@ def _postgres_answer(sqlstate: str, exc: Exception) -> JSONResponse:
         log.error("database error %s", sqlstate or "without SQLSTATE", exc_info=exc)
         return _json(status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
     return response
+
+
+async def _adapted_driver_error(request: Request, exc: Exception) -> JSONResponse:
+    """An asyncpg error in the DB-API class of SQLAlchemy's adapter, without SQLAlchemy's
+    own wrapper: how opening a connection fails when the server refuses it mid-way (the
+    database system is shutting down, 57P03). No SQLSTATE: the connection itself failed."""
+    assert isinstance(exc, AsyncAdapt_asyncpg_dbapi.Error)
+    if exc.sqlstate is None:
+        log.warning("database connection failed: %s", type(exc.__cause__ or exc).__name__)
+        return _unavailable()
+    return _postgres_answer(exc.sqlstate, exc)
 
 
 async def _connection_lost(request: Request, exc: Exception) -> JSONResponse:
@@ -174,6 +191,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PoolTimeoutError, _unavailable_handler)
     app.add_exception_handler(OSError, _unavailable_handler)
     app.add_exception_handler(asyncpg.PostgresError, _postgres_error)
+    app.add_exception_handler(AsyncAdapt_asyncpg_dbapi.Error, _adapted_driver_error)
     app.add_exception_handler(asyncpg.InterfaceError, _connection_lost)
     app.add_exception_handler(asyncpg.InternalClientError, _connection_lost)
     app.add_exception_handler(Exception, _unexpected)

@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings)
         try:
             await check_runtime_role(engine)
-            sessions = UserSessions(engine, context_key, settings.rls_context_ttl)
+            sessions = UserSessions(engine, context_key, settings.rls_context_ttl, settings.db_lock_timeout)
             await sessions.check_context_key()
             app.state.engine = engine
             app.state.user_sessions = sessions

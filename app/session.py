@@ -26,7 +26,7 @@ import hmac
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
@@ -36,15 +36,42 @@ from sqlalchemy.util import greenlet_spawn
 from app.auth import CurrentSubject
 
 # Positional ($1), as asyncpg takes it and SQLAlchemy's asyncpg dialect passes it on.
+# lock_timeout ($4) rides along, transaction-local like the context: the runtime role
+# may take a table's ACCESS EXCLUSIVE lock (LOCK TABLE needs only DELETE), and every
+# other request then waits at most this long for it instead of queueing until its
+# statement times out. Set here rather than on the role, whose defaults it may change.
 SET_CONTEXT = (
     "select set_config('app.user_id', $1, true),"
     " set_config('app.user_expires', $2, true),"
-    " set_config('app.user_sig', $3, true)"
+    " set_config('app.user_sig', $3, true),"
+    " set_config('lock_timeout', $4, true)"
 )
+# How a request's transaction ends: COMMIT or ROLLBACK, and in the same message (the
+# simple query protocol: no prepared statement involved, and behind PgBouncer the same
+# server connection) the clean-up of whatever SQL inside the request left on the
+# connection for the next request to find (app.end_request(), sql/functions.sql).
+_END_REQUEST = "; select app.end_request()"
+COMMIT = "commit" + _END_REQUEST
+ROLLBACK = "rollback" + _END_REQUEST
+# app.end_request() found a prepared statement made with SQL: the driver may use its
+# name, so the connection is closed instead of pooled.
+_TAMPERED = "TD001"
 _PROBE_USER = "todo-api startup probe"
 # Errors after which a connection may be in the middle of a statement, or gone. A
 # statement over DB_STATEMENT_TIMEOUT raises TimeoutError, which is an OSError.
 _CONNECTION_TROUBLE = (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+
+
+async def _end(connection: asyncpg.Connection, statement: str) -> bool:
+    """Run COMMIT or ROLLBACK with the clean-up; False when the connection must not serve
+    another request (app.end_request() found what it cannot undo)."""
+    try:
+        await connection.execute(statement)
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == _TAMPERED:
+            return False
+        raise
+    return True
 
 
 def _in_step(error: BaseException) -> bool:
@@ -66,45 +93,64 @@ def sign_context(key: bytes, user_id: str, expires: int) -> str:
 class UserSessions:
     """Opens transactions that act for one user: the request path and the tests use the same."""
 
-    def __init__(self, engine: AsyncEngine, context_key: bytes, context_ttl: int) -> None:
+    def __init__(
+        self, engine: AsyncEngine, context_key: bytes, context_ttl: int, lock_timeout: float
+    ) -> None:
         self.engine = engine
         self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
         self._key = context_key
         self._ttl = context_ttl
+        self._lock_timeout = f"{max(1, round(lock_timeout * 1000))}ms"
 
-    def context(self, user_id: str) -> tuple[str, str, str]:
+    def context(self, user_id: str) -> tuple[str, str, str, str]:
         """SET_CONTEXT's parameters that make a transaction act for `user_id`."""
         expires = int(time.time()) + self._ttl
-        return user_id, str(expires), sign_context(self._key, user_id, expires)
+        return user_id, str(expires), sign_context(self._key, user_id, expires), self._lock_timeout
 
     @asynccontextmanager
     async def connection(self, user_id: str) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection in a transaction acting for `user_id`: commits on exit,
         rolls back on error. What every request runs on."""
-        pooled = await self.engine.raw_connection()
-        connection: asyncpg.Connection = pooled.driver_connection
-        error: BaseException | None = None
         try:
-            await connection.execute("begin")
+            pooled, connection = await self._begin(user_id)
+        except asyncpg.InvalidSQLStatementNameError:
+            # SQL in an earlier request on that connection deallocated the driver's
+            # statement (the connection is closed now). Nothing has happened yet in this
+            # request, so another connection serves it.
+            pooled, connection = await self._begin(user_id)
+        # Whether the transaction ended and the clean-up ran, so that the connection may
+        # serve another request. Not after an error that may leave it mid-statement or
+        # gone (then closing it ends its transaction on the server too), nor after one
+        # of its driver's statements went missing.
+        reusable = False
+        try:
             try:
-                await connection.execute(SET_CONTEXT, *self.context(user_id))
                 yield connection
             except BaseException as exc:
                 if _in_step(exc):
-                    await connection.execute("rollback")
+                    clean = await _end(connection, ROLLBACK)
+                    reusable = clean and not isinstance(exc, asyncpg.InvalidSQLStatementNameError)
                 raise
-            await connection.execute("commit")
-        except BaseException as exc:
-            error = exc
-            raise
+            reusable = await _end(connection, COMMIT)
         finally:
-            if (error is None or _in_step(error)) and not connection.is_in_transaction():
-                # Back to the pool, which may close it (overflow, recycling): I/O, done in
-                # SQLAlchemy's greenlet as all its I/O is.
-                await greenlet_spawn(pooled.close)
-            else:
-                # Closing it ends its transaction on the server too.
-                await greenlet_spawn(pooled.invalidate, error)
+            await _release(pooled, reusable)
+
+    async def _begin(self, user_id: str) -> tuple[Any, asyncpg.Connection]:
+        """A pooled connection with the user's transaction begun and its context set."""
+        pooled = await self.engine.raw_connection()
+        connection: asyncpg.Connection = pooled.driver_connection
+        try:
+            await connection.execute("begin")
+            await connection.execute(SET_CONTEXT, *self.context(user_id))
+        except BaseException as exc:
+            reusable = False
+            try:
+                if _in_step(exc) and not isinstance(exc, asyncpg.InvalidSQLStatementNameError):
+                    reusable = await _end(connection, ROLLBACK)
+            finally:
+                await _release(pooled, reusable)
+            raise
+        return pooled, connection
 
     @asynccontextmanager
     async def transaction(self, user_id: str) -> AsyncIterator[AsyncSession]:
@@ -131,6 +177,16 @@ class UserSessions:
                 "its context key differs from RLS_CONTEXT_KEY, or none is installed; run "
                 "`todo-api migrate` with the same RLS_CONTEXT_KEY"
             )
+
+
+async def _release(pooled: Any, reusable: bool) -> None:
+    """Hand a connection back to the pool, or close it."""
+    if reusable and not pooled.driver_connection.is_in_transaction():
+        # Back to the pool, which may close it (overflow, recycling): I/O, done in
+        # SQLAlchemy's greenlet as all its I/O is.
+        await greenlet_spawn(pooled.close)
+    else:
+        await greenlet_spawn(pooled.invalidate)
 
 
 async def _request_connection(request: Request, subject: CurrentSubject) -> AsyncIterator[asyncpg.Connection]:

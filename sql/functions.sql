@@ -9,7 +9,8 @@
 -- user_expires is a Unix time shortly ahead. The key is kept in app.context_key, which
 -- only todo_owner can read; app.current_user_id() runs as its owner (SECURITY DEFINER)
 -- to check the signature. So the runtime role, which can call set_config as it likes,
--- cannot name another user (it cannot sign), nor replay a value once it expired.
+-- cannot name another user (it cannot sign), nor replay a value once it expired, even
+-- inside a transaction that began before the expiry.
 --
 -- A setting never set reads as NULL, one set in an earlier transaction reads as '':
 -- either way, and for a bad signature or a past expiry, the function returns NULL,
@@ -47,7 +48,9 @@ as $$
   ) ctx
   cross join app.context_key k
   where ctx.expires ~ '^[0-9]{1,12}$'
-    and to_timestamp(ctx.expires::bigint) > now()
+    -- The statement's start, not the transaction's (now()): a context expires inside a
+    -- transaction that is kept open past its expiry too.
+    and to_timestamp(ctx.expires::bigint) > statement_timestamp()
     and ctx.sig = encode(
           sha256(k.outer_key || sha256(k.inner_key || convert_to(ctx.user_id || '|' || ctx.expires, 'UTF8'))),
           'hex')
@@ -59,3 +62,48 @@ comment on function app.current_user_id() is
 revoke all on function app.current_user_id() from public;
 grant usage on schema app to todo_app;
 grant execute on function app.current_user_id() to todo_app;
+
+-- The end of every request's use of its connection. app/session.py sends
+--   commit; select app.end_request()        (or rollback; ...)
+-- as one message (so that, behind PgBouncer too, it runs on the server connection the
+-- request used), and this undoes what SQL inside the request may have left on the
+-- connection for the next request to find: session-level settings (a `set` of
+-- search_path or default_transaction_read_only, a custom setting holding data), LISTEN,
+-- cursors WITH HOLD and advisory locks. A prepared statement made with SQL (PREPARE;
+-- the service's driver prepares through the protocol, never with SQL) could stand
+-- under a name the driver will use and run inside the next request's signed
+-- transaction: it is deallocated, and the error TD001 tells the service to close the
+-- connection rather than pool it. Temporary objects cannot exist: the runtime role may
+-- not create them (sql/roles.sql). Names are schema-qualified: the caller's
+-- search_path is not trusted.
+create or replace function app.end_request()
+returns void
+language plpgsql
+volatile
+as $$
+declare
+  leftover record;
+  prepared_with_sql boolean := false;
+begin
+  reset all;
+  unlisten *;
+  perform pg_catalog.pg_advisory_unlock_all();
+  for leftover in select c.name from pg_catalog.pg_cursors c where c.is_holdable loop
+    execute 'close ' || pg_catalog.quote_ident(leftover.name);
+  end loop;
+  for leftover in select s.name from pg_catalog.pg_prepared_statements s where s.from_sql loop
+    execute 'deallocate ' || pg_catalog.quote_ident(leftover.name);
+    prepared_with_sql := true;
+  end loop;
+  if prepared_with_sql then
+    raise exception 'a prepared statement was made with SQL on this connection; closing it'
+      using errcode = 'TD001';
+  end if;
+end
+$$;
+
+comment on function app.end_request() is
+  'Undoes the session state a request left behind; TD001: close the connection.';
+
+revoke all on function app.end_request() from public;
+grant execute on function app.end_request() to todo_app;

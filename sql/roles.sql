@@ -5,8 +5,9 @@
 --
 --   todo_owner  owns the schema and runs the migrations; the service never connects as it.
 --   todo_app    the runtime role the service connects as. Not superuser, no BYPASSRLS,
---               owns nothing, member of no role: row-level security applies to every
---               statement it runs, and it cannot switch that off.
+--               owns nothing, member of no role, creates nothing (not even temporary
+--               objects): row-level security applies to every statement it runs, and
+--               it cannot switch that off nor leave anything behind for the next request.
 
 do $$
 begin
@@ -20,10 +21,15 @@ end
 $$;
 
 -- The owner creates the schema objects; the runtime role may only connect.
+-- TEMPORARY is granted to PUBLIC on every database by default, and a temporary object
+-- outlives its transaction on a pooled connection: a temporary view named tasks, say,
+-- would be read (pg_temp is searched first) by the next request on that connection,
+-- inside that request's signed context. So nobody here may create one.
 do $$
 begin
   execute format('grant connect, create on database %I to todo_owner', current_database());
   execute format('grant connect on database %I to todo_app', current_database());
+  execute format('revoke temporary on database %I from public, todo_owner, todo_app', current_database());
 end
 $$;
 

@@ -129,8 +129,21 @@ def pg_template(pg_server: Server) -> Iterator[NoopExecutor]:
         )
 
 
-# A superuser psycopg connection to this test's own fresh clone of the template.
-postgresql = factories.postgresql("pg_template")
+def prepare_clone(pg_server: Server, database: str) -> None:
+    """A clone gets none of its template's database privileges (PostgreSQL copies no
+    database ACL, so PUBLIC may create temporary objects in it again): sql/roles.sql
+    runs on each clone, as a DBA runs it on a new database."""
+    bootstrap(pg_server.url("postgres"), database)
+
+
+_clone = factories.postgresql("pg_template")
+
+
+@pytest.fixture
+def postgresql(_clone: psycopg.Connection, pg_server: Server) -> psycopg.Connection:
+    """A superuser psycopg connection to this test's own fresh clone of the template."""
+    prepare_clone(pg_server, _clone.info.dbname)
+    return _clone
 
 
 @pytest.fixture
@@ -180,7 +193,7 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 def sessions(engine: AsyncEngine, settings: Settings) -> UserSessions:
     """Transactions acting for a user, made exactly as the app makes them."""
-    return UserSessions(engine, TEST_CONTEXT_KEY.encode(), settings.rls_context_ttl)
+    return UserSessions(engine, TEST_CONTEXT_KEY.encode(), settings.rls_context_ttl, settings.db_lock_timeout)
 
 
 @asynccontextmanager

@@ -30,7 +30,7 @@ from pytest_postgresql.executors import NoopExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from app.config import Settings
-from tests.conftest import TEST_DB, DbUrls, Server, make_settings
+from tests.conftest import TEST_DB, DbUrls, Server, make_settings, prepare_clone
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 30.0
@@ -209,6 +209,7 @@ def module_database(pg_server: Server, template: NoopExecutor, name: str) -> Ite
     )
     janitor.drop()  # left over from an interrupted run
     with janitor:
+        prepare_clone(pg_server, name)
         yield pg_server.urls(name)
 
 

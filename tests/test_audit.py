@@ -63,8 +63,10 @@ def test_a_clean_database_passes_as_the_owner_by_default(
     assert "app.current_user_id()" in by_name["tasks_update_own"]["with_check"]
     role = document["runtime_role"]
     assert role["name"] == RUNTIME_ROLE
-    assert [role[key] for key in ("superuser", "bypassrls", "createrole", "createdb")] == [False] * 4
-    assert role["memberships"] == role["owned_objects"] == role["owned_user_tables"] == []
+    assert [role[key] for key in ("superuser", "bypassrls", "createrole", "createdb", "temporary")] == [
+        False
+    ] * 5
+    assert role["memberships"] == role["owned_objects"] == role["owned_user_tables"] == role["settings"] == []
 
     human = CliRunner().invoke(cli, ["audit"])
     assert human.exit_code == 0
@@ -152,8 +154,24 @@ def runtime_role_change(admin_conn: psycopg.Connection, request: pytest.FixtureR
             (f"grant {OWNER_ROLE} to {RUNTIME_ROLE}", f"revoke {OWNER_ROLE} from {RUNTIME_ROLE}"),
             ["runtime_role_owns_user_tables", "runtime_role_member_of_roles"],
         ),
+        (
+            # PostgreSQL's default for a new database, which sql/roles.sql revokes.
+            (
+                "grant temporary on database todo_test to public",
+                "revoke temporary on database todo_test from public",
+            ),
+            ["runtime_role_temporary"],
+        ),
+        (
+            # What SQL running as the runtime role can do to itself.
+            (
+                f"alter role {RUNTIME_ROLE} set default_transaction_read_only = on",
+                f"alter role {RUNTIME_ROLE} reset all",
+            ),
+            ["runtime_role_settings"],
+        ),
     ],
-    ids=["bypassrls", "member-of-owner"],
+    ids=["bypassrls", "member-of-owner", "temporary", "settings"],
     indirect=["runtime_role_change"],
 )
 def test_an_unsafe_runtime_role_is_a_problem(

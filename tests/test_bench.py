@@ -79,11 +79,11 @@ def test_the_benchmark_measures_the_service_and_its_controls(
     # then the query, in one transaction.
     statements = [s["sql"] for s in written["captured"]["list"]]
     context = next(i for i, s in enumerate(statements) if "set_config('app.user_sig'" in s)
-    query = next(i for i, s in enumerate(statements) if "from tasks" in s.lower() and "set_config" not in s)
+    query = next(i for i, s in enumerate(statements) if "public.tasks" in s.lower() and "set_config" not in s)
     assert statements[context - 1].lower().startswith("begin") and context < query
-    assert statements[-1].lower().startswith("commit")
+    assert statements[-1].lower() == "commit; select app.end_request()"
     roles = {p["role"] for p in written["captured"]["list"][context]["params"]}
-    assert roles == {"user", "expires", "signature"}
+    assert roles == {"user", "expires", "signature", None}  # None: lock_timeout, a constant
 
     for scenario in ("list", "get"):
         plan = explain(db, bench.capture_statements()[scenario], scenario, TEST_CONTEXT_KEY.encode(), 4, 5)

@@ -4,13 +4,15 @@ Any statement the runtime role runs (an injection, say) can call set_config. The
 tests play that attacker: with alice's rows and bob's in the table, they set contexts by
 hand and check that each forged or stale one sees no row and can write nothing."""
 
+import asyncio
 import time
 
 import pytest
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app.config import Settings
 from app.models import Task
 from app.session import ContextKeyMismatch, UserSessions, sign_context
 from tests.conftest import TEST_CONTEXT_KEY, DbUrls, make_settings, running_app
@@ -76,6 +78,21 @@ async def test_switching_user_inside_a_valid_transaction_loses_all_access(sessio
         assert len((await session.scalars(select(Task))).all()) == 1
         await session.execute(text("select set_config('app.user_id', 'bob', true)"))
         await assert_powerless(session)
+
+
+async def test_a_context_expires_inside_a_transaction_kept_open(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    """The expiry is checked against each statement's time, not the transaction's start:
+    holding a transaction open does not stretch a context's life."""
+    short_lived = UserSessions(engine, KEY, 1, settings.db_lock_timeout)
+    await seed(short_lived)
+    async with short_lived.connection("alice") as connection:
+        assert await connection.fetchval("select count(*) from public.tasks") == 1
+        await asyncio.sleep(2.1)  # past the expiry: at most 1 s, plus the second it rounds to
+        assert await connection.fetchval("select app.current_user_id()") is None
+        assert await connection.fetchval("select count(*) from public.tasks") == 0
+        assert await connection.execute("update public.tasks set title = 'late'") == "UPDATE 0"
 
 
 async def test_a_fresh_context_signed_with_the_real_key_works(sessions: UserSessions) -> None:

@@ -28,8 +28,8 @@ CASES: dict[str, tuple[list[str], int, str]] = {
     ),
     "unique_violation": (
         [
-            f"create temp table pairs (x int constraint {SECRET_WORDS} primary key) on commit drop",
-            "insert into pairs values (1), (1)",
+            "do $$ begin raise exception using errcode = 'unique_violation', "
+            f"constraint = '{SECRET_WORDS}', message = 'duplicate key violates {SECRET_WORDS}'; end $$"
         ],
         409,
         "conflicts with an existing resource",

@@ -183,7 +183,7 @@ async def test_delete_without_a_user_removes_nothing(
 
 def one_connection_sessions(settings: Settings) -> UserSessions:
     engine = create_engine(settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
-    return UserSessions(engine, TEST_CONTEXT_KEY.encode(), settings.rls_context_ttl)
+    return UserSessions(engine, TEST_CONTEXT_KEY.encode(), settings.rls_context_ttl, settings.db_lock_timeout)
 
 
 async def left_behind(sessions: UserSessions) -> tuple[int, str | None, int]:

@@ -139,7 +139,7 @@ async def test_list_query_uses_the_user_index_on_a_large_table(
     captured: list[tuple[str, tuple[object, ...]]] = []
 
     def capture(query: asyncpg.connection.LoggedQuery) -> None:
-        if "from tasks" in query.query:
+        if "from public.tasks" in query.query:
             captured.append((query.query, query.args))
 
     # The exact SQL the list route sends, captured from real requests.

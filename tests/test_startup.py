@@ -85,6 +85,32 @@ async def test_refuses_a_member_of_the_owner_role(
     assert "public.tasks" in message
 
 
+async def test_refuses_a_role_that_may_create_temporary_objects(
+    db_url: DbUrls, admin_conn: psycopg.Connection
+) -> None:
+    """PostgreSQL grants TEMPORARY to PUBLIC on a new database; a temporary view left on a
+    pooled connection would run inside the next request's context (docs/security.md)."""
+    admin_conn.execute("grant temporary on database todo_test to public")
+    message = await refusal(make_settings(db_url))
+    assert "may create temporary objects" in message
+    assert "run it again after an upgrade" in message
+
+
+async def test_refuses_a_role_with_session_defaults_it_could_have_set_itself(
+    db_url: DbUrls, admin_conn: psycopg.Connection
+) -> None:
+    """The runtime role may ALTER ROLE itself: SQL running as it can make every later
+    connection read-only. The service says so at start-up instead of failing writes."""
+    with psycopg.connect(db_url.runtime, autocommit=True) as runtime:
+        runtime.execute("alter role todo_app set default_transaction_read_only = on")
+    try:
+        message = await refusal(make_settings(db_url))
+    finally:
+        admin_conn.execute("alter role todo_app reset all")
+    assert "has session defaults set with ALTER ROLE (default_transaction_read_only=on)" in message
+    assert "ALTER ROLE todo_app RESET ALL" in message
+
+
 async def test_starts_as_the_runtime_role(settings: Settings) -> None:
     async with running_app(settings) as app:
         assert app.state.user_sessions is not None

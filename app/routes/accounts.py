@@ -103,7 +103,7 @@ async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: 
 async def me(connection: UserConnection, subject: CurrentSubject) -> AccountPublic:
     """Your account."""
     account = await connection.fetchrow(
-        "select user_id, email, name, created_at from accounts where user_id = $1", subject
+        "select user_id, email, name, created_at from public.accounts where user_id = $1", subject
     )
     if account is None:
         raise NotFound("no built-in account for this user")

@@ -67,7 +67,9 @@ async def readyz(request: Request) -> Any:
             request.app.state.engine.connect() as connection,
         ):
             role = await connection.scalar(text("select current_user"))
-            versions = set((await connection.scalars(text("select version_num from alembic_version"))).all())
+            versions = set(
+                (await connection.scalars(text("select version_num from public.alembic_version"))).all()
+            )
     except DBAPIError as exc:
         reason = _VERSION_UNREADABLE.get(getattr(exc.orig, "sqlstate", None) or "")
         if reason and not exc.connection_invalidated:

@@ -1,6 +1,8 @@
 """Task routes. Thin: the connection is already scoped to the caller by row-level security.
 
 Each route sends one fixed statement, written here in SQL, with the caller's id as $1.
+Every table is named with its schema (public.tasks): a name that resolved through the
+session's search_path could be shadowed by an object of the caller's (docs/security.md).
 The explicit owner filter in them (OWNER_FILTER) is defense in depth and the planner's
 way to the (user_id, ...) indexes; tests/test_rls.py swaps it for one that passes every
 row and shows that isolation holds without it.
@@ -105,12 +107,12 @@ def _list_sql(owner_filter: str, status_filter: StatusFilter, sort: SortField, o
 
     # The page reads only its own rows, in index order; the count is a scan of its own,
     # of the index alone where the table is vacuumed, rather than of every row the user has.
-    page = f"select * from tasks {where} {order_by('tasks')} limit $2 offset $3"  # noqa: S608
+    page = f"select * from public.tasks tasks {where} {order_by('tasks')} limit $2 offset $3"  # noqa: S608
     return (
         f"with page as ({page})"  # noqa: S608
         # string_agg rather than json_agg, which puts a line break between elements.
         f" select coalesce('[' || string_agg(row_to_json(p)::text, ',' {order_by('page')}) || ']', '[]'),"
-        f" (select count(*) from tasks {where})"
+        f" (select count(*) from public.tasks tasks {where})"
         f" from page, lateral ({_public('page')}) p"
     )
 
@@ -119,18 +121,18 @@ def _list_sql(owner_filter: str, status_filter: StatusFilter, sort: SortField, o
 def _create_sql() -> str:
     columns = ["user_id", *TaskCreate.model_fields]
     values = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    return _one(f"insert into tasks ({', '.join(columns)}) values ({values}) returning *")  # noqa: S608
+    return _one(f"insert into public.tasks ({', '.join(columns)}) values ({values}) returning *")  # noqa: S608
 
 
 @cache
 def _get_sql(owner_filter: str) -> str:
-    return _one(f"select * from tasks where tasks.id = $2 and {owner_filter}")  # noqa: S608
+    return _one(f"select * from public.tasks tasks where tasks.id = $2 and {owner_filter}")  # noqa: S608
 
 
 @cache
 def _update_sql(owner_filter: str, assignments: str) -> str:
     return _one(
-        f"update tasks set {assignments}updated_at = now()"  # noqa: S608
+        f"update public.tasks tasks set {assignments}updated_at = now()"  # noqa: S608
         f" where tasks.id = $2 and {owner_filter} returning *"
     )
 
@@ -142,7 +144,7 @@ def _set(fields: tuple[str, ...]) -> str:
 
 @cache
 def _delete_sql(owner_filter: str) -> str:
-    return f"delete from tasks where tasks.id = $2 and {owner_filter} returning tasks.id"  # noqa: S608
+    return f"delete from public.tasks tasks where tasks.id = $2 and {owner_filter} returning tasks.id"  # noqa: S608
 
 
 # --- the routes ----------------------------------------------------------------------
