@@ -28,6 +28,7 @@ from app.config import RUNTIME_ROLE, Settings
 from app.session import SET_CONTEXT, UserSessions
 from tests.conftest import TEST_DB, DbUrls, Server, http_client, make_settings, missing_tool, running_app
 from tests.live_server import free_port
+from tests.test_pool_hygiene import attackable_app, inject
 from tests.tokens import auth
 
 USERS = [f"user{n:02d}" for n in range(24)]
@@ -181,3 +182,23 @@ async def test_control_a_session_level_context_leaks_and_is_caught(
     async with running_app(bouncer_settings) as app, http_client(app) as client:
         crossed, _ = await crossings(client)
     assert crossed > 0, "the control scenario should have leaked; the checks would miss a leak"
+
+
+async def test_session_state_left_by_a_request_reaches_no_other_client(bouncer_settings: Settings) -> None:
+    """Session state is the server connection's, which PgBouncer hands to whichever client
+    comes next. A request's SQL that makes it read-only, or stores data in a setting of
+    its session, reaches nobody: the clean-up goes in the same message as the COMMIT, so
+    it runs on the server connection the request used."""
+    app = attackable_app(bouncer_settings)
+    async with app.router.lifespan_context(app), http_client(app) as client:
+        for _ in range(SERVER_CONNECTIONS * 3):  # on every server connection, most likely
+            for left_behind in (
+                "set default_transaction_read_only = on",
+                "select set_config('loot.data', 'mallory was here', false)",
+            ):
+                assert (await inject(client, left_behind)).status_code == 200
+        crossed, ok = await crossings(client)
+        seen = await inject(client, "select nullif(current_setting('loot.data', true), '')")
+    assert crossed == 0
+    assert ok == len(USERS) * ROUNDS * 2
+    assert seen.json() == [[None]]
