@@ -188,6 +188,17 @@ def test_an_unsafe_runtime_role_is_a_problem(
     assert "no problems" not in human.stdout
 
 
+def test_a_large_object_made_by_the_runtime_role_is_a_problem(db_url: DbUrls) -> None:
+    """Any role may create large objects (a place outside row-level security that every
+    todo_app session can read): the audit names one the runtime role made."""
+    with psycopg.connect(db_url.runtime, autocommit=True) as runtime:
+        runtime.execute("select lo_from_bytea(0, 'stash')")
+    exit_code, document = audit_json("--database-url", db_url.owner)
+    assert exit_code == 1
+    assert codes(document) == ["runtime_role_owns_objects"]
+    assert "large object" in document["problems"][0]["message"]
+
+
 def test_a_role_that_cannot_apply_the_files_reports_drift_as_unchecked(db_url: DbUrls) -> None:
     exit_code, document = audit_json("--database-url", db_url.runtime)
     assert exit_code == 1
