@@ -21,7 +21,7 @@ from app.middleware import (
     RequestContextMiddleware,
 )
 from app.ratelimit import ClientRateLimitMiddleware, RateLimiter, limit_writes
-from app.routes import accounts, health, tasks, wellknown
+from app.routes import accounts, docs, health, tasks, wellknown
 from app.session import UserSessions
 
 DESCRIPTION = """
@@ -101,6 +101,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
+        # FastAPI's own pages load their scripts from a CDN; app/routes/docs.py serves them.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.token_verifier = token_verifier
@@ -108,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_request_id_factory()
     app.include_router(health.router)
+    app.include_router(docs.router)
     app.include_router(wellknown.router)
     if settings.accounts:
         app.include_router(accounts.router, responses=OPERATIONAL_RESPONSES)
