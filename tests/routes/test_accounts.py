@@ -96,7 +96,8 @@ async def test_log_in_gives_a_bearer_token_that_opens_the_api(api: httpx.AsyncCl
     response = await log_in(api, "ALICE@example.com")
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"access_token", "token_type", "expires_in"}
+    assert set(body) == {"access_token", "token_type", "expires_in", "user_id"}
+    assert body["user_id"] == account["user_id"]
     assert body["token_type"] == "bearer"
     assert body["expires_in"] == 3600
     headers = {"Authorization": f"Bearer {body['access_token']}"}
@@ -104,6 +105,20 @@ async def test_log_in_gives_a_bearer_token_that_opens_the_api(api: httpx.AsyncCl
     assert me.json() == account
     created = await api.post(f"/api/{account['user_id']}/tasks", json={"title": "mine"}, headers=headers)
     assert created.status_code == 201
+
+
+async def test_log_in_answers_each_user_their_own_user_id(api: httpx.AsyncClient) -> None:
+    """The user id a built-in account's user must type into every /api/{user_id} route."""
+    alice = (await register(api)).json()
+    bob = (await register(api, "bob@example.com", name="Bob")).json()
+    assert alice["user_id"] != bob["user_id"]
+    for account in (alice, bob):
+        body = (await log_in(api, account["email"])).json()
+        assert body["user_id"] == account["user_id"]
+        assert jwt.decode(body["access_token"], options={"verify_signature": False})["sub"] == body["user_id"]
+        headers = {"Authorization": f"Bearer {body['access_token']}"}
+        assert (await api.get("/api/auth/me", headers=headers)).json()["user_id"] == body["user_id"]
+        assert (await api.get(f"/api/{body['user_id']}/tasks", headers=headers)).status_code == 200
 
 
 async def test_issued_tokens_are_eddsa_and_verify_with_the_published_jwks(api: httpx.AsyncClient) -> None:
