@@ -25,9 +25,18 @@ from app.routes import accounts, docs, health, tasks, wellknown
 from app.session import UserSessions
 
 DESCRIPTION = """
-Every route under `/api/{user_id}` needs a bearer JWT whose `sub` is that `user_id`.
-Press **Authorize** and paste a token (`todo-api token USER_ID` prints one).
-PostgreSQL row-level security keeps each user's tasks apart.
+Every route under `/api/{user_id}` needs a bearer JWT whose `sub` is that `user_id`:
+type your user id into each route's `user_id`.
+
+**A token from `todo-api token USER_ID`**: your user id is the `USER_ID` you named. Press
+**Authorize** and paste the token under *bearer*.
+"""
+# Added to DESCRIPTION when built-in accounts are on.
+ACCOUNTS_DESCRIPTION = """
+**A built-in account**: register with `POST /api/auth/register`, then press **Authorize**
+and log in under *password* with your email (as `username`) and password. Your user id is
+the `user_id` of the log-in answer (`POST /api/auth/token`), and of `GET /api/auth/me`:
+after logging in, open it, press *Try it out*, then *Execute*.
 """
 
 # What any route under /api may answer besides its own responses.
@@ -98,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Todo API",
         summary=summary,
-        description=DESCRIPTION,
+        description=DESCRIPTION + (ACCOUNTS_DESCRIPTION if settings.accounts else ""),
         version="0.1.0",
         lifespan=lifespan,
         # FastAPI's own pages load their scripts from a CDN; app/routes/docs.py serves them.

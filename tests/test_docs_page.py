@@ -8,6 +8,7 @@ refused twice over: chromium resolves no other name, and the page's routes abort
 record them, so that a test fails if the page even tried.
 """
 
+import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -16,7 +17,16 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Response, Route, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Locator,
+    Page,
+    Response,
+    Route,
+    expect,
+    sync_playwright,
+)
 
 from app.keys import SigningKey
 from tests.conftest import missing_tool
@@ -185,22 +195,36 @@ def test_a_built_in_account_authorizes_and_tries_the_task_list(
     with page.expect_response(lambda r: r.url.endswith("/api/auth/token")) as logged_in:
         password_flow.get_by_role("button", name="Apply given OAuth2 credentials").click()
     assert logged_in.value.status == 200
+    assert logged_in.value.json()["user_id"] == user_id
     expect(password_flow.get_by_role("button", name="Remove authorization")).to_be_visible()
     dialog.get_by_role("button", name="Close").first.click()
 
-    operation = page.locator(".opblock-get").filter(has_text="List Tasks")
-    operation.locator(".opblock-summary").click()
-    operation.get_by_role("button", name="Try it out").click()
-    operation.locator('input[placeholder="user_id"]').fill(user_id)
+    # Where the page's description says a built-in account's user_id is.
+    me = page.locator(".opblock-get").filter(has_text="/api/auth/me")
+    body = json.loads(_try_it_out(me).locator(".response-col_description pre").first.inner_text())
+    assert body["user_id"] == user_id
+
+    tasks = page.locator(".opblock-get").filter(has_text="List Tasks")
     with page.expect_response(lambda r: f"/api/{user_id}/tasks" in r.url) as listed:
-        operation.get_by_role("button", name="Execute").click()
+        answer = _try_it_out(tasks, user_id=body["user_id"])
     assert listed.value.status == 200
     assert listed.value.request.headers["authorization"].startswith("Bearer ")
-    status = operation.locator(".live-responses-table .response .response-col_status").first
-    expect(status).to_have_text("200")
-    expect(operation.locator(".live-responses-table")).to_contain_text("seen through the docs page")
-    operation.screenshot(path=tmp_path / "try-it-out.png")
+    expect(answer).to_contain_text("seen through the docs page")
+    tasks.screenshot(path=tmp_path / "try-it-out.png")
     offline.assert_only_the_server_was_asked()
+
+
+def _try_it_out(operation: Locator, **parameters: str) -> Locator:
+    """Open `operation`, press Try it out, fill `parameters`, Execute; the answer's row,
+    once its status is 200."""
+    operation.locator(".opblock-summary").click()
+    operation.get_by_role("button", name="Try it out").click()
+    for name, value in parameters.items():
+        operation.locator(f'input[placeholder="{name}"]').fill(value)
+    operation.get_by_role("button", name="Execute").click()
+    answer = operation.locator(".live-responses-table .response").first
+    expect(answer.locator(".response-col_status")).to_have_text("200")
+    return answer
 
 
 def _log_in(service: LiveService, email: str) -> str:

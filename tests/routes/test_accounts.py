@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from app.config import Settings
 from app.keys import SigningKey
+from app.main import create_app
 from app.session import UserSessions
 from tests.conftest import DbUrls, http_client, make_settings, running_app
 
@@ -262,3 +263,23 @@ async def test_the_docs_page_can_log_in_with_the_password_form(api: httpx.AsyncC
     assert password["flows"]["password"]["tokenUrl"] == "/api/auth/token"
     me = spec["paths"]["/api/auth/me"]["get"]
     assert {"password": []} in me["security"]
+
+
+async def test_the_docs_say_where_a_built_in_accounts_user_id_is(api: httpx.AsyncClient) -> None:
+    spec = (await api.get("/openapi.json")).json()
+    description = spec["info"]["description"]
+    assert "`user_id` of the log-in answer (`POST /api/auth/token`)" in description
+    assert "`GET /api/auth/me`" in description
+    assert "your user id is the `USER_ID` you named" in description
+    assert "user_id" in spec["paths"]["/api/auth/me"]["get"]["description"]
+    assert "user_id" in spec["paths"]["/api/auth/token"]["post"]["description"]
+    schemas = spec["components"]["schemas"]
+    assert "user_id" in schemas["AccessToken"]["required"]
+    for model in ("AccessToken", "AccountPublic"):
+        assert "/api/{user_id}" in schemas[model]["properties"]["user_id"]["description"], model
+
+
+def test_without_built_in_accounts_the_docs_name_only_the_cli_token(db_url: DbUrls) -> None:
+    description = create_app(make_settings(db_url, accounts_enabled=False)).openapi()["info"]["description"]
+    assert "your user id is the `USER_ID` you named" in description
+    assert "/api/auth" not in description
