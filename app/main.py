@@ -21,13 +21,22 @@ from app.middleware import (
     RequestContextMiddleware,
 )
 from app.ratelimit import ClientRateLimitMiddleware, RateLimiter, limit_writes
-from app.routes import accounts, health, tasks, wellknown
+from app.routes import accounts, docs, health, tasks, wellknown
 from app.session import UserSessions
 
 DESCRIPTION = """
-Every route under `/api/{user_id}` needs a bearer JWT whose `sub` is that `user_id`.
-Press **Authorize** and paste a token (`todo-api token USER_ID` prints one).
-PostgreSQL row-level security keeps each user's tasks apart.
+Every route under `/api/{user_id}` needs a bearer JWT whose `sub` is that `user_id`:
+type your user id into each route's `user_id`.
+
+**A token from `todo-api token USER_ID`**: your user id is the `USER_ID` you named. Press
+**Authorize** and paste the token under *bearer*.
+"""
+# Added to DESCRIPTION when built-in accounts are on.
+ACCOUNTS_DESCRIPTION = """
+**A built-in account**: register with `POST /api/auth/register`, then press **Authorize**
+and log in under *password* with your email (as `username`) and password. Your user id is
+the `user_id` of the log-in answer (`POST /api/auth/token`), and of `GET /api/auth/me`:
+after logging in, open it, press *Try it out*, then *Execute*.
 """
 
 # What any route under /api may answer besides its own responses.
@@ -98,9 +107,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Todo API",
         summary=summary,
-        description=DESCRIPTION,
+        description=DESCRIPTION + (ACCOUNTS_DESCRIPTION if settings.accounts else ""),
         version="0.1.0",
         lifespan=lifespan,
+        # FastAPI's own pages load their scripts from a CDN; app/routes/docs.py serves them.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.token_verifier = token_verifier
@@ -108,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_request_id_factory()
     app.include_router(health.router)
+    app.include_router(docs.router)
     app.include_router(wellknown.router)
     if settings.accounts:
         app.include_router(accounts.router, responses=OPERATIONAL_RESPONSES)

@@ -26,7 +26,15 @@ UNMATCHED_ROUTE = "(unmatched)"
 def route_template(scope: Scope) -> str:
     """The matched route's path template, e.g. /api/{user_id}/tasks: a bounded set, unlike paths."""
     route = scope.get("route")
-    return getattr(route, "path", None) or UNMATCHED_ROUTE
+    template = getattr(route, "path", None)
+    if template:
+        return template
+    # A mounted app (the docs assets) gets no route from FastAPI; the mount, which alone
+    # sets app_root_path, appends its prefix to root_path.
+    if "app_root_path" in scope:
+        prefix = str(scope.get("root_path", ""))[len(str(scope["app_root_path"])) :]
+        return f"{prefix}/{{path}}"
+    return UNMATCHED_ROUTE
 
 
 class RequestContextMiddleware:

@@ -122,14 +122,21 @@ class AccountCreate(SQLModel):
     name: Title
 
 
+# What a built-in account's user types as `user_id` in every /api/{user_id} route.
+YOUR_USER_ID = "Your user id: the `user_id` of every route under `/api/{user_id}`"
+
+
 class AccountPublic(SQLModel):
-    user_id: str
+    user_id: str = Field(description=YOUR_USER_ID)
     email: str
     name: str
     created_at: datetime
 
 
 class AccessToken(SQLModel):
+    """The OAuth2 token answer (access_token, token_type, expires_in), and whose it is."""
+
     access_token: str
     token_type: str = "bearer"  # noqa: S105 (the scheme name)
     expires_in: int
+    user_id: str = Field(description=YOUR_USER_ID)

@@ -91,6 +91,17 @@ async def test_the_access_log_has_method_route_template_status_and_duration(
     assert (unmatched.route, unmatched.status) == ("(unmatched)", 404)  # type: ignore[attr-defined]
 
 
+async def test_the_access_log_names_a_docs_asset_by_its_mount(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="app.access"):
+        await client.get("/docs/assets/swagger-ui.css")
+        await client.get("/docs/assets/no-such-file.js")
+    found, missing = [record for record in caplog.records if record.name == "app.access"]
+    assert (found.route, found.status) == ("/docs/assets/{path}", 200)  # type: ignore[attr-defined]
+    assert (missing.route, missing.status) == ("/docs/assets/{path}", 404)  # type: ignore[attr-defined]
+
+
 async def test_json_logs_are_one_object_per_line_with_the_request_fields(
     settings: Settings, captured_logs: io.StringIO
 ) -> None:

@@ -77,7 +77,7 @@ async def register(body: AccountCreate, request: Request) -> AccountPublic:
 
 @router.post("/token", response_model=AccessToken)
 async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request) -> AccessToken:
-    """Log in with email (as `username`) and password; get a bearer token."""
+    """Log in with email (as `username`) and password; get a bearer token and your `user_id`."""
     settings: Settings = request.app.state.settings
     email = _normalize_email(form.username)
     await limit_auth(request, "log-in", email)
@@ -95,13 +95,15 @@ async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: 
         )
     verifier: TokenVerifier = request.app.state.token_verifier
     return AccessToken(
-        access_token=verifier.issue(found.user_id, settings.token_ttl), expires_in=settings.token_ttl
+        access_token=verifier.issue(found.user_id, settings.token_ttl),
+        expires_in=settings.token_ttl,
+        user_id=found.user_id,
     )
 
 
 @router.get("/me", response_model=AccountPublic, responses={404: {"description": "No built-in account"}})
 async def me(connection: UserConnection, subject: CurrentSubject) -> AccountPublic:
-    """Your account."""
+    """Your account, with your `user_id`: the one every route under `/api/{user_id}` takes."""
     account = await connection.fetchrow(
         "select user_id, email, name, created_at from public.accounts where user_id = $1", subject
     )

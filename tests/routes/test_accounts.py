@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from app.config import Settings
 from app.keys import SigningKey
+from app.main import create_app
 from app.session import UserSessions
 from tests.conftest import DbUrls, http_client, make_settings, running_app
 
@@ -96,7 +97,8 @@ async def test_log_in_gives_a_bearer_token_that_opens_the_api(api: httpx.AsyncCl
     response = await log_in(api, "ALICE@example.com")
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"access_token", "token_type", "expires_in"}
+    assert set(body) == {"access_token", "token_type", "expires_in", "user_id"}
+    assert body["user_id"] == account["user_id"]
     assert body["token_type"] == "bearer"
     assert body["expires_in"] == 3600
     headers = {"Authorization": f"Bearer {body['access_token']}"}
@@ -104,6 +106,20 @@ async def test_log_in_gives_a_bearer_token_that_opens_the_api(api: httpx.AsyncCl
     assert me.json() == account
     created = await api.post(f"/api/{account['user_id']}/tasks", json={"title": "mine"}, headers=headers)
     assert created.status_code == 201
+
+
+async def test_log_in_answers_each_user_their_own_user_id(api: httpx.AsyncClient) -> None:
+    """The user id a built-in account's user must type into every /api/{user_id} route."""
+    alice = (await register(api)).json()
+    bob = (await register(api, "bob@example.com", name="Bob")).json()
+    assert alice["user_id"] != bob["user_id"]
+    for account in (alice, bob):
+        body = (await log_in(api, account["email"])).json()
+        assert body["user_id"] == account["user_id"]
+        assert jwt.decode(body["access_token"], options={"verify_signature": False})["sub"] == body["user_id"]
+        headers = {"Authorization": f"Bearer {body['access_token']}"}
+        assert (await api.get("/api/auth/me", headers=headers)).json()["user_id"] == body["user_id"]
+        assert (await api.get(f"/api/{body['user_id']}/tasks", headers=headers)).status_code == 200
 
 
 async def test_issued_tokens_are_eddsa_and_verify_with_the_published_jwks(api: httpx.AsyncClient) -> None:
@@ -247,3 +263,23 @@ async def test_the_docs_page_can_log_in_with_the_password_form(api: httpx.AsyncC
     assert password["flows"]["password"]["tokenUrl"] == "/api/auth/token"
     me = spec["paths"]["/api/auth/me"]["get"]
     assert {"password": []} in me["security"]
+
+
+async def test_the_docs_say_where_a_built_in_accounts_user_id_is(api: httpx.AsyncClient) -> None:
+    spec = (await api.get("/openapi.json")).json()
+    description = spec["info"]["description"]
+    assert "`user_id` of the log-in answer (`POST /api/auth/token`)" in description
+    assert "`GET /api/auth/me`" in description
+    assert "your user id is the `USER_ID` you named" in description
+    assert "user_id" in spec["paths"]["/api/auth/me"]["get"]["description"]
+    assert "user_id" in spec["paths"]["/api/auth/token"]["post"]["description"]
+    schemas = spec["components"]["schemas"]
+    assert "user_id" in schemas["AccessToken"]["required"]
+    for model in ("AccessToken", "AccountPublic"):
+        assert "/api/{user_id}" in schemas[model]["properties"]["user_id"]["description"], model
+
+
+def test_without_built_in_accounts_the_docs_name_only_the_cli_token(db_url: DbUrls) -> None:
+    description = create_app(make_settings(db_url, accounts_enabled=False)).openapi()["info"]["description"]
+    assert "your user id is the `USER_ID` you named" in description
+    assert "/api/auth" not in description
