@@ -26,7 +26,7 @@ import hmac
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, cast
 
 import asyncpg
 from fastapi import Depends, Request
@@ -82,7 +82,8 @@ class UserSessions:
         """A pooled connection in a transaction acting for `user_id`: commits on exit,
         rolls back on error. What every request runs on."""
         pooled = await self.engine.raw_connection()
-        connection: asyncpg.Connection = pooled.driver_connection
+        # None only once the pooled connection is invalidated or detached, not at checkout.
+        connection = cast(asyncpg.Connection, pooled.driver_connection)
         error: BaseException | None = None
         try:
             await connection.execute("begin")
