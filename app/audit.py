@@ -22,7 +22,8 @@ from app.policies import drift, existence_leaks, live_state, policy_files
 
 # ROLE_FACTS is written for SQLAlchemy (the start-up check runs it on asyncpg); compiled
 # for psycopg it takes %(role)s, with the % in its format() strings escaped.
-_ROLE_FACTS = str(ROLE_FACTS.compile(dialect=psycopg_dialect.dialect()))
+# SQLAlchemy leaves the dialect's __init__ unannotated.
+_ROLE_FACTS = str(ROLE_FACTS.compile(dialect=psycopg_dialect.dialect()))  # type: ignore[no-untyped-call]
 
 # Tables holding user data: any with a user_id column, in the schema live_state reads.
 _USER_TABLES = """
@@ -250,7 +251,7 @@ def _drift(
 _FLAG_PROBLEM = {"rls_enabled": "rls_disabled", "rls_forced": "rls_not_forced"}
 
 
-def _policy_problems(table: str, live: list[dict], declared: list[dict]) -> list[Problem]:
+def _policy_problems(table: str, live: list[dict[str, Any]], declared: list[dict[str, Any]]) -> list[Problem]:
     have = {policy["name"]: policy for policy in live}
     want = {policy["name"]: policy for policy in declared}
     problems = []

@@ -6,7 +6,7 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import uvicorn
@@ -132,7 +132,7 @@ def serve(
         err.print(f"[bold]Todo API[/bold] on {base}   docs: {base}/docs")
         err.print("Get a token with:  todo-api token USER_ID")
         configure_logging(settings)
-        server_options = {
+        server_options: dict[str, Any] = {
             "host": settings.host,
             "port": settings.port,
             "log_level": settings.log_level,

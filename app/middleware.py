@@ -27,7 +27,7 @@ def route_template(scope: Scope) -> str:
     """The matched route's path template, e.g. /api/{user_id}/tasks: a bounded set, unlike paths."""
     route = scope.get("route")
     template = getattr(route, "path", None)
-    if template:
+    if isinstance(template, str) and template:
         return template
     # A mounted app (the docs assets) gets no route from FastAPI; the mount, which alone
     # sets app_root_path, appends its prefix to root_path.

@@ -1,12 +1,16 @@
 """The tasks table and the shapes a task takes on the way in and out of the API."""
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pydantic
-from pydantic import ConfigDict, EmailStr, StringConstraints, field_validator
+from pydantic import EmailStr, StringConstraints, field_validator
 from sqlalchemy import BigInteger, Column, DateTime, Identity, String, func, text
 from sqlmodel import Field, SQLModel
+
+if TYPE_CHECKING:
+    # SQLModel types model_config as this, which it does not export (sqlmodel issue 2091).
+    from sqlmodel._compat import SQLModelConfig
 
 TITLE_MAX = 200
 DESCRIPTION_MAX = 1000
@@ -44,7 +48,8 @@ class Task(SQLModel, table=True):
 
 # Request bodies refuse fields they do not name (so `user_id` and `id` in a body are a
 # 422 naming the field) and take JSON types as they are, with no coercion.
-_REQUEST = ConfigDict(extra="forbid", strict=True)
+# A dict of SQLModel's config type: a pydantic ConfigDict is, for mypy, not one.
+_REQUEST: "SQLModelConfig" = {"extra": "forbid", "strict": True}
 
 
 class TaskCreate(SQLModel):

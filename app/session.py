@@ -26,7 +26,7 @@ import hmac
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import asyncpg
 from fastapi import Depends, Request
@@ -138,7 +138,8 @@ class UserSessions:
     async def _begin(self, user_id: str) -> tuple[Any, asyncpg.Connection]:
         """A pooled connection with the user's transaction begun and its context set."""
         pooled = await self.engine.raw_connection()
-        connection: asyncpg.Connection = pooled.driver_connection
+        # None only once the pooled connection is invalidated or detached, not at checkout.
+        connection = cast(asyncpg.Connection, pooled.driver_connection)
         try:
             await connection.execute("begin")
             await connection.execute(SET_CONTEXT, *self.context(user_id))

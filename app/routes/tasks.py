@@ -16,9 +16,10 @@ the shape, and the route tests hold every field to it.
 
 from enum import StrEnum
 from functools import cache
-from typing import Annotated
+from typing import Annotated, Any, cast
 from urllib.parse import quote
 
+from asyncpg import Record
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from app.auth import CurrentSubject, require_path_owner
@@ -38,7 +39,7 @@ router = APIRouter(
 
 TaskId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The task's id")]
 TASK_NOT_FOUND = "Task not found"
-_NOT_FOUND_RESPONSE = {404: {"description": TASK_NOT_FOUND}}
+_NOT_FOUND_RESPONSE: dict[int | str, dict[str, Any]] = {404: {"description": TASK_NOT_FOUND}}
 
 
 class StatusFilter(StrEnum):
@@ -50,7 +51,9 @@ class StatusFilter(StrEnum):
 class SortField(StrEnum):
     created = "created"
     updated = "updated"
-    title = "title"
+    # The member shadows str.title, which nothing calls on a SortField; "title" is the
+    # API's value.
+    title = "title"  # type: ignore[assignment]
 
 
 class SortOrder(StrEnum):
@@ -192,7 +195,8 @@ async def list_tasks(
     if order is None:
         order = SortOrder.asc if sort is SortField.title else SortOrder.desc
     statement = _list_sql(OWNER_FILTER, status_filter, sort, order)
-    body, total = await connection.fetchrow(statement, subject, limit, offset)
+    # An aggregate over the page: always one row.
+    body, total = cast(Record, await connection.fetchrow(statement, subject, limit, offset))
     headers = {"X-Total-Count": str(total)}
     if links := _page_links(request, total, limit, offset):
         headers["Link"] = links
@@ -204,7 +208,9 @@ async def create_task(
     body: TaskCreate, request: Request, connection: UserConnection, subject: CurrentSubject
 ) -> Response:
     """Create a task."""
-    task_id, task = await connection.fetchrow(_create_sql(), subject, *body.model_dump().values())
+    row = await connection.fetchrow(_create_sql(), subject, *body.model_dump().values())
+    # An insert ... returning of one row: a row, or an error.
+    task_id, task = cast(Record, row)
     # Percent-encoded: a user id may hold any character, and a header only Latin-1.
     owner = quote(subject, safe="")
     response = _json(task, status.HTTP_201_CREATED)
