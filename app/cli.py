@@ -116,8 +116,15 @@ def serve(
 ) -> None:
     """Run the migrations and serve the API (embedded PostgreSQL unless DATABASE_URL is set)."""
     settings = _load_settings(host=host, port=port)
+    try:
+        allowed_hosts = settings.allowed_host_patterns()
+    except ValueError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(1) from None
     # Decided now, while "embedded" still means no DATABASE_URL: _database() fills it in.
-    settings = settings.model_copy(update={"accounts_enabled": settings.accounts})
+    settings = settings.model_copy(
+        update={"accounts_enabled": settings.accounts, "allowed_hosts": allowed_hosts}
+    )
     needed = ["rls_context_key"]
     has_keys = settings.jwks_url or settings.jwks_file or settings.jwks or settings.accounts
     if settings.embedded or not has_keys:
@@ -151,6 +158,7 @@ def serve(
         # Worker processes build their own app from the environment.
         os.environ["DATABASE_URL"] = settings.database_url or ""
         os.environ["ACCOUNTS_ENABLED"] = "true" if settings.accounts else "false"
+        os.environ["ALLOWED_HOSTS"] = ",".join(settings.allowed_hosts)
         for field in _SECRETS:
             secret = getattr(settings, field)
             if secret is not None:

@@ -21,13 +21,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth import CurrentSubject, client_address
 from app.config import Settings
+from app.middleware import PROBE_PATHS
 
 log = logging.getLogger(__name__)
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# Probes and scrapes come from the load balancer and the monitoring, often from one
-# address, and must keep answering when clients are being throttled.
-UNLIMITED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def storage_uri(settings: Settings) -> str:
@@ -94,7 +92,8 @@ class ClientRateLimitMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
+        # Probes and scrapes must keep answering when clients are being throttled.
+        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")

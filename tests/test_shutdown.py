@@ -86,6 +86,7 @@ def test_the_slow_route_exists_only_in_the_test_wrapper() -> None:
         database_url="postgresql://todo_app@/todo",
         jwt_secret=TEST_SECRET,
         rls_context_key=TEST_CONTEXT_KEY,
+        allowed_hosts=["test"],
     )
     paths = {getattr(route, "path", None) for route in create_app(settings).routes}
     assert "/test/slow" not in paths
