@@ -20,7 +20,7 @@ from app.auth import CurrentSubject, TokenVerifier, client_address
 from app.config import Settings
 from app.errors import NotFound
 from app.models import AccessToken, AccountCreate, AccountPublic
-from app.ratelimit import limit_auth
+from app.ratelimit import limit_login, limit_register, login_failed
 from app.session import UserConnection, UserSessions
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ async def register(body: AccountCreate, request: Request) -> AccountPublic:
     """Create an account."""
     settings: Settings = request.app.state.settings
     email = _normalize_email(body.email)
-    await limit_auth(request, "register", email)
+    await limit_register(request, email)
     if len(body.password) < settings.password_min_length:
         raise RequestValidationError(
             [
@@ -80,7 +80,7 @@ async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: 
     """Log in with email (as `username`) and password; get a bearer token."""
     settings: Settings = request.app.state.settings
     email = _normalize_email(form.username)
-    await limit_auth(request, "log-in", email)
+    await limit_login(request, email)
     sessions: UserSessions = request.app.state.user_sessions
     async with sessions.anonymous() as session:
         found = (
@@ -90,6 +90,8 @@ async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: 
     valid = await anyio.to_thread.run_sync(passwords.verify, form.password, password_hash)
     if found is None or not valid:
         log.warning("log-in failed (client %s)", client_address(request))
+        # Counted only now: a right password must not use up the email's allowance.
+        await login_failed(request, email)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, detail=INVALID_LOGIN, headers={"WWW-Authenticate": "Bearer"}
         )
