@@ -5,6 +5,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,6 +13,7 @@ import typer
 import uvicorn
 from pydantic import SecretStr, ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from app import embedded
 from app.audit import audit_database, print_report
@@ -79,17 +81,29 @@ def _database(settings: Settings) -> Iterator[Settings]:
         install_context_key(owner_url, context_key)
         yield settings
         return
-    err.print(f"Starting embedded PostgreSQL in {settings.data_dir / 'pgdata'} ...")
-    db = embedded.start(settings.data_dir)
-    try:
+    with _embedded_server(settings.data_dir) as db:
         upgrade(db.owner_url)
         install_context_key(db.owner_url, context_key)
         yield settings.model_copy(
             update={"database_url": db.runtime_url, "migrations_database_url": db.owner_url}
         )
+
+
+@contextmanager
+def _embedded_server(data_dir: Path) -> Iterator[embedded.EmbeddedPostgres]:
+    """The embedded server in data_dir, started or, if another `todo-api` runs it,
+    attached to; saying which, and saying it stopped only if it did."""
+    pgdata = escape(str(data_dir / "pgdata"))
+    if embedded.is_running(data_dir):
+        err.print(f"Using the embedded PostgreSQL already running in {pgdata}.")
+    else:
+        err.print(f"Starting embedded PostgreSQL in {pgdata} ...")
+    db = embedded.start(data_dir)
+    try:
+        yield db
     finally:
-        err.print("Stopping embedded PostgreSQL.")
-        db.stop()
+        if db.stop():
+            err.print("Stopped embedded PostgreSQL.")
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -208,13 +222,8 @@ def audit(
     settings = _load_settings()
     if database_url is None and settings.embedded:
         # Unlike `migrate`, no upgrade: an audit reports the database as it is.
-        err.print(f"Starting embedded PostgreSQL in {settings.data_dir / 'pgdata'} ...")
-        db = embedded.start(settings.data_dir)
-        try:
+        with _embedded_server(settings.data_dir) as db:
             report = audit_database(db.owner_url)
-        finally:
-            err.print("Stopping embedded PostgreSQL.")
-            db.stop()
     else:
         report = audit_database(database_url or migrations_url(settings))
     if as_json:

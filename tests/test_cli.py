@@ -114,7 +114,7 @@ def test_serve_on_the_embedded_default_end_to_end(clean_env: Path) -> None:
     assert f"on {base}" in output
     assert f"docs: {base}/docs" in output
     assert "todo-api token USER_ID" in output
-    assert "Stopping embedded PostgreSQL." in output
+    assert "Stopped embedded PostgreSQL." in output
     assert not (clean_env / "pgdata" / "postmaster.pid").exists(), "the embedded server was left running"
 
     with serve("--workers", "2") as server:  # workers build their app from the environment
