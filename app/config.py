@@ -121,6 +121,12 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("data_dir")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        # DATA_DIR=~/... as .env.example shows it, not a directory named "~".
+        return value.expanduser()
+
     @field_validator("jwt_algorithms", "cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
