@@ -84,17 +84,18 @@ class RateLimiter:
 
     # Log-in counts every attempt per client address, but per email only the failures:
     # counting the right password too let anyone lock a known email out by hammering it.
-    # Once an email's failures reach RATE_LIMIT_AUTH, it may be tried only from addresses
-    # that have not failed for it themselves (within a window), and a failure from such
-    # an address marks it too. So the attacker's addresses are held off while the owner,
-    # from an address of their own, still logs in; an attacker with many addresses gets
-    # one guess for the email per fresh address per window, besides each address's own
-    # RATE_LIMIT_AUTH over all attempts. Nothing is verified once refused, so a 429
+    # Once an email's failures reach RATE_LIMIT_AUTH, each address gets one try at it per
+    # window: the try is marked before the password is verified (so that concurrent
+    # requests cannot all slip through), a failure keeps the mark, and a success clears
+    # it. So the attacker's addresses are held off while the owner, from an address of
+    # their own, still logs in, as often as they like. An attacker with many addresses
+    # gets one guess for the email per fresh address per window, besides each address's
+    # own RATE_LIMIT_AUTH over all attempts. Nothing is verified once refused, so a 429
     # never tells a right password from a wrong one.
 
     @staticmethod
     def _once(item: RateLimitItem) -> RateLimitItem:
-        """One hit per `item`'s window: whether an address has failed for an email."""
+        """One hit per `item`'s window: the mark of an address that failed or is trying."""
         return type(item)(1, item.multiples, item.namespace)
 
     async def login_retry_after(self, address: str, email: str) -> int | None:
@@ -103,15 +104,18 @@ class RateLimiter:
         if by_address is not None:
             return by_address
         for item in self._auth:
+            once = self._once(item)
+            # The keys differ in their second part, so no email spells another's key.
+            failures = ("log-in", "failed", email)
+            mark = ("log-in", "failed-from", address, email)
             try:
-                if await self._strategy.test(item, "log-in", "failed", email):
+                if await self._strategy.test(item, *failures):
                     continue
-                once = self._once(item)
-                if await self._strategy.test(once, "log-in", "failed-from", address, email):
-                    continue  # spent, but not by this address
+                if await self._strategy.hit(once, *mark):
+                    continue  # spent, but not by this address: its one try
                 return min(
-                    await self._seconds_until_free(item, "log-in", "failed", email),
-                    await self._seconds_until_free(once, "log-in", "failed-from", address, email),
+                    await self._seconds_until_free(item, *failures),
+                    await self._seconds_until_free(once, *mark),
                 )
             except StorageError as exc:
                 self._storage_failed(exc)
@@ -119,12 +123,20 @@ class RateLimiter:
         return None
 
     async def login_failed(self, address: str, email: str) -> None:
-        """Count a failed log-in against the email, and mark the address as failing for it.
-        (The keys differ in their second part, so no email can spell another's key.)"""
+        """Count a failed log-in against the email, and mark the address for it."""
         for item in self._auth:
             try:
                 await self._strategy.hit(item, "log-in", "failed", email)
                 await self._strategy.hit(self._once(item), "log-in", "failed-from", address, email)
+            except StorageError as exc:
+                self._storage_failed(exc)
+                return
+
+    async def login_succeeded(self, address: str, email: str) -> None:
+        """Clear the address's mark for the email: the owner logs in again from there."""
+        for item in self._auth:
+            try:
+                await self._strategy.clear(self._once(item), "log-in", "failed-from", address, email)
             except StorageError as exc:
                 self._storage_failed(exc)
                 return
@@ -192,9 +204,11 @@ async def limit_login(request: Request, email: str) -> None:
     _refuse_auth_attempt(request, "log-in", retry_after)
 
 
-async def login_failed(request: Request, email: str) -> None:
+async def count_login(request: Request, email: str, succeeded: bool) -> None:
+    """After a log-in was verified (RateLimiter.login_failed, login_succeeded)."""
     limiter: RateLimiter = request.app.state.rate_limiter
-    await limiter.login_failed(client_address(request), email)
+    count = limiter.login_succeeded if succeeded else limiter.login_failed
+    await count(client_address(request), email)
 
 
 def _refuse_auth_attempt(request: Request, action: str, retry_after: int | None) -> None:

@@ -20,7 +20,7 @@ from app.auth import CurrentSubject, TokenVerifier, client_address
 from app.config import Settings
 from app.errors import NotFound
 from app.models import AccessToken, AccountCreate, AccountPublic
-from app.ratelimit import limit_login, limit_register, login_failed
+from app.ratelimit import count_login, limit_login, limit_register
 from app.session import UserConnection, UserSessions
 
 log = logging.getLogger(__name__)
@@ -88,10 +88,10 @@ async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: 
         ).one_or_none()
     password_hash = found.password_hash if found else _DUMMY_HASH
     valid = await anyio.to_thread.run_sync(passwords.verify, form.password, password_hash)
+    # Counted only now: a right password must not use up the email's allowance.
+    await count_login(request, email, succeeded=found is not None and valid)
     if found is None or not valid:
         log.warning("log-in failed (client %s)", client_address(request))
-        # Counted only now: a right password must not use up the email's allowance.
-        await login_failed(request, email)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, detail=INVALID_LOGIN, headers={"WWW-Authenticate": "Bearer"}
         )

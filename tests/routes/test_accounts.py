@@ -1,5 +1,6 @@
 """Built-in accounts: register, log in with the OAuth2 password form, me; under RLS."""
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -281,6 +282,20 @@ async def test_once_an_email_has_failed_enough_the_addresses_that_failed_are_hel
             assert_login_limited(await log_in(fresh, password="another guess"))
         async with client_from(app, "198.51.100.7") as owner:
             assert (await log_in(owner)).status_code == 200
+
+
+async def test_a_new_address_gets_one_try_at_a_spent_email_even_all_at_once(db_url: DbUrls) -> None:
+    """Its try is marked before the password is verified, so concurrent guesses from it
+    cannot all pass while the first is being verified."""
+    async with running_app(limited_settings(db_url)) as app:
+        async with client_from(app) as client:
+            assert (await register(client)).status_code == 201
+        for n in range(3):
+            async with client_from(app, f"203.0.113.{n}") as attacker:
+                assert (await log_in(attacker, password="guess")).status_code == 401
+        async with client_from(app, "203.0.113.60") as fresh:
+            guesses = await asyncio.gather(*(log_in(fresh, password=f"guess {n}") for n in range(3)))
+        assert sorted(response.status_code for response in guesses) == [401, 429, 429]
 
 
 async def test_register_is_rate_limited_per_address_and_per_email(db_url: DbUrls) -> None:
