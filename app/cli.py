@@ -1,10 +1,14 @@
 """`todo-api`: serve, migrate, and print tokens."""
 
+import errno
 import json
 import os
 import signal
+import socket
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -12,11 +16,14 @@ import typer
 import uvicorn
 from pydantic import SecretStr, ValidationError
 from rich.console import Console
+from rich.markup import escape
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from app import embedded
 from app.audit import audit_database, print_report
 from app.auth import TokenVerifier
-from app.config import Settings
+from app.config import HMAC_ALGORITHMS, Settings
 from app.database import migrations_url
 from app.keys import SigningKey
 from app.logs import configure_logging
@@ -25,8 +32,12 @@ from app.migrate import install_context_key, upgrade
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+# Where to reach a server that listens on every address.
+_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104 (no bind)
+
 cli = typer.Typer(help="Todo API on PostgreSQL row-level security.", no_args_is_help=True)
-err = Console(stderr=True)
+# Lines unbroken at any width: messages are read in logs and copied from.
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _load_settings(**overrides: object) -> Settings:
@@ -79,17 +90,29 @@ def _database(settings: Settings) -> Iterator[Settings]:
         install_context_key(owner_url, context_key)
         yield settings
         return
-    err.print(f"Starting embedded PostgreSQL in {settings.data_dir / 'pgdata'} ...")
-    db = embedded.start(settings.data_dir)
-    try:
+    with _embedded_server(settings.data_dir) as db:
         upgrade(db.owner_url)
         install_context_key(db.owner_url, context_key)
         yield settings.model_copy(
             update={"database_url": db.runtime_url, "migrations_database_url": db.owner_url}
         )
+
+
+@contextmanager
+def _embedded_server(data_dir: Path) -> Iterator[embedded.EmbeddedPostgres]:
+    """The embedded server in data_dir, started or, if another `todo-api` runs it,
+    attached to; saying which, and saying it stopped only if it did."""
+    pgdata = escape(str(data_dir / "pgdata"))
+    if embedded.is_running(data_dir):
+        err.print(f"Using the embedded PostgreSQL already running in {pgdata}.")
+    else:
+        err.print(f"Starting embedded PostgreSQL in {pgdata} ...")
+    db = embedded.start(data_dir)
+    try:
+        yield db
     finally:
-        err.print("Stopping embedded PostgreSQL.")
-        db.stop()
+        if db.stop():
+            err.print("Stopped embedded PostgreSQL.")
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -116,8 +139,15 @@ def serve(
 ) -> None:
     """Run the migrations and serve the API (embedded PostgreSQL unless DATABASE_URL is set)."""
     settings = _load_settings(host=host, port=port)
+    try:
+        allowed_hosts = settings.allowed_host_patterns()
+    except ValueError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(1) from None
     # Decided now, while "embedded" still means no DATABASE_URL: _database() fills it in.
-    settings = settings.model_copy(update={"accounts_enabled": settings.accounts})
+    settings = settings.model_copy(
+        update={"accounts_enabled": settings.accounts, "allowed_hosts": allowed_hosts}
+    )
     needed = ["rls_context_key"]
     has_keys = settings.jwks_url or settings.jwks_file or settings.jwks or settings.accounts
     if settings.embedded or not has_keys:
@@ -125,12 +155,11 @@ def serve(
     if settings.accounts:
         needed.append("token_signing_key")
     settings = _with_secrets(settings, *needed)
+    # Bound before the database is touched: a busy port stops `serve` here, with a message.
+    listener = _listen(settings.host, settings.port)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     database = _database(settings) if migrate or settings.embedded else nullcontext(settings)
-    with database as settings:
-        base = f"http://{settings.host}:{settings.port}"
-        err.print(f"[bold]Todo API[/bold] on {base}   docs: {base}/docs")
-        err.print("Get a token with:  todo-api token USER_ID")
+    with listener, database as settings:
         configure_logging(settings)
         server_options: dict[str, Any] = {
             "host": settings.host,
@@ -143,19 +172,98 @@ def serve(
             # On SIGTERM, requests in flight get this long to finish.
             "timeout_graceful_shutdown": settings.shutdown_timeout,
         }
-        if workers == 1:
-            from app.main import create_app
+        with _announce_when_listening(listener, banner(settings)):
+            if workers == 1:
+                from app.main import create_app
 
-            uvicorn.run(create_app(settings), **server_options)
+                _serve_one(listener, uvicorn.Config(create_app(settings), **server_options))
+                return
+            # Worker processes build their own app from the environment.
+            os.environ["DATABASE_URL"] = settings.database_url or ""
+            os.environ["ACCOUNTS_ENABLED"] = "true" if settings.accounts else "false"
+            os.environ["ALLOWED_HOSTS"] = ",".join(settings.allowed_hosts)
+            for field in _SECRETS:
+                secret = getattr(settings, field)
+                if secret is not None:
+                    os.environ[field.upper()] = secret.get_secret_value()
+            config = uvicorn.Config("app.cli:worker_app", factory=True, workers=workers, **server_options)
+            Multiprocess(config, sockets=[listener]).run()
+
+
+def banner(settings: Settings) -> list[str]:
+    """What `serve` prints once it listens: where, and the tokens this configuration
+    accepts, with how to get one."""
+    base = f"http://{settings.host}:{settings.port}"
+    lines = [f"[bold]Todo API[/bold] on {escape(base)}   docs: {escape(base)}/docs   (Ctrl-C stops it)"]
+    if settings.jwt_secret is not None and HMAC_ALGORITHMS & set(settings.jwt_algorithms):
+        lines.append("Get a token with:  todo-api token USER_ID")
+    if settings.accounts:
+        lines.append(
+            "Built-in accounts:  register with POST /api/auth/register, log in with POST /api/auth/token"
+        )
+    keys = settings.jwks_url or settings.jwks_file or ("JWKS" if settings.jwks is not None else None)
+    if keys:
+        line = f"Tokens from your identity provider:  signed with a key from {escape(str(keys))}"
+        if settings.jwt_issuer:
+            line += f", iss {escape(settings.jwt_issuer)}"
+        if settings.jwt_audience:
+            line += f", aud {escape(settings.jwt_audience)}"
+        lines.append(line)
+    return lines
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The socket uvicorn will serve on, bound now (as uvicorn binds it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        reason = f"port {port} is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        err.print(f"[red]error:[/red] cannot listen on {escape(host)}:{port}: {reason}")
+        raise typer.Exit(1) from None
+    listener.set_inheritable(True)  # for the worker processes of --workers N
+    return listener
+
+
+@contextmanager
+def _announce_when_listening(listener: socket.socket, lines: list[str]) -> Iterator[None]:
+    """Print `lines` once the server accepts connections: uvicorn listens only after the
+    app's start-up (role and key checks) has passed, in one process or in N workers, so
+    a thread tries to connect, as a client would, until it can."""
+    host, port = listener.getsockname()[:2]
+    address = (_LOOPBACK.get(host, host), port)
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.1):
+            try:
+                socket.create_connection(address, timeout=1).close()
+            except OSError:
+                continue
+            for line in lines:
+                err.print(line)
             return
-        # Worker processes build their own app from the environment.
-        os.environ["DATABASE_URL"] = settings.database_url or ""
-        os.environ["ACCOUNTS_ENABLED"] = "true" if settings.accounts else "false"
-        for field in _SECRETS:
-            secret = getattr(settings, field)
-            if secret is not None:
-                os.environ[field.upper()] = secret.get_secret_value()
-        uvicorn.run("app.cli:worker_app", factory=True, workers=workers, **server_options)
+
+    watcher = threading.Thread(target=watch, name="announce", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+
+
+def _serve_one(listener: socket.socket, config: uvicorn.Config) -> None:
+    """One process, as uvicorn.run() serves it, on our socket."""
+    server = uvicorn.Server(config)
+    # Ctrl-C: uvicorn has finished when it raises this; the embedded server is stopped next.
+    with suppress(KeyboardInterrupt):
+        server.run(sockets=[listener])
+    if not server.started:
+        raise SystemExit(STARTUP_FAILURE)
 
 
 def worker_app() -> "FastAPI":
@@ -200,13 +308,8 @@ def audit(
     settings = _load_settings()
     if database_url is None and settings.embedded:
         # Unlike `migrate`, no upgrade: an audit reports the database as it is.
-        err.print(f"Starting embedded PostgreSQL in {settings.data_dir / 'pgdata'} ...")
-        db = embedded.start(settings.data_dir)
-        try:
+        with _embedded_server(settings.data_dir) as db:
             report = audit_database(db.owner_url)
-        finally:
-            err.print("Stopping embedded PostgreSQL.")
-            db.stop()
     else:
         report = audit_database(database_url or migrations_url(settings))
     if as_json:

@@ -18,6 +18,11 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 # The roles created by sql/roles.sql; the policies in sql/policies/ name todo_app.
 OWNER_ROLE = "todo_owner"
 RUNTIME_ROLE = "todo_app"
+ALLOWED_HOSTS_REQUIRED = (
+    "set ALLOWED_HOSTS to the host names clients use to reach the service, comma-separated "
+    "(e.g. api.example.com or localhost,127.0.0.1), or to * to accept any Host header; "
+    "it is required with DATABASE_URL"
+)
 
 
 def default_data_dir() -> Path:
@@ -100,6 +105,10 @@ class Settings(BaseSettings):
     # memory:// (one process) or redis://host:6379 (shared by every instance).
     rate_limit_storage: str = "memory://"
     cors_origins: Annotated[list[str], NoDecode] = []
+    # Host names clients reach the service by (the Host header), comma-separated:
+    # `api.example.com`, `*.example.com` for its subdomains, `[::1]` for an IPv6 address,
+    # `*` for any. Unset: see allowed_host_patterns().
+    allowed_hosts: Annotated[list[str], NoDecode] = []
     shutdown_timeout: int = Field(default=30, ge=1)
 
     @field_validator("jwt_secret", "rls_context_key")
@@ -116,7 +125,13 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("jwt_algorithms", "cors_origins", mode="before")
+    @field_validator("data_dir")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        # DATA_DIR=~/... as .env.example shows it, not a directory named "~".
+        return value.expanduser()
+
+    @field_validator("jwt_algorithms", "cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -134,6 +149,21 @@ class Settings(BaseSettings):
                 f"not {', '.join(unknown) or 'an empty list'}"
             )
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, value: list[str]) -> list[str]:
+        # Checked here, with a message, rather than by Starlette's assertions at the
+        # first request; and a port or a scheme, which can never match, is refused.
+        for pattern in value:
+            name = pattern.removeprefix("*.")
+            bracketed = name.startswith("[") and name.endswith("]")
+            if pattern != "*" and (not name or "*" in name or "/" in name or (":" in name and not bracketed)):
+                raise ValueError(
+                    "ALLOWED_HOSTS takes host names without scheme or port (api.example.com), "
+                    f"'*.' before a domain for its subdomains, [..] around IPv6, or '*'; not {pattern!r}"
+                )
+        return [pattern.lower() for pattern in value]
 
     @model_validator(mode="after")
     def _one_jwks(self) -> "Settings":
@@ -160,6 +190,22 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return self.database_url is None
+
+    def allowed_host_patterns(self) -> list[str]:
+        """The Host names the service answers to: ALLOWED_HOSTS; unset, any on the
+        embedded default (a laptop, on 127.0.0.1); raises ValueError if unset otherwise.
+
+        With DATABASE_URL set and ALLOWED_HOSTS unset the service refuses to start rather
+        than guess. Any Host would put a forged name into the Location and Link headers
+        and the redirects it builds. HOST plus localhost would refuse every request a
+        load balancer forwards (Host: api.example.com to HOST 0.0.0.0) while /healthz,
+        which answers any Host, kept the instance in rotation. Only the operator knows
+        the names, and `*` remains for a proxy that checks them itself."""
+        if self.allowed_hosts:
+            return self.allowed_hosts
+        if self.embedded:
+            return ["*"]
+        raise ValueError(ALLOWED_HOSTS_REQUIRED)
 
 
 @lru_cache

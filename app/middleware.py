@@ -1,4 +1,5 @@
-"""ASGI middleware of our own: the request context (id, access log, metrics) and the body size limit."""
+"""ASGI middleware of our own: the request context (id, access log, metrics), the Host
+check, the body size limit, and CORS in the JSON error shape."""
 
 import logging
 import re
@@ -8,6 +9,7 @@ import uuid
 from fastapi import HTTPException, status
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,6 +23,10 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # log lines or carry anything else into them.
 _ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 UNMATCHED_ROUTE = "(unmatched)"
+# Probes and scrapes: the load balancer, the orchestrator and the monitoring call them,
+# often from one address and by the instance's own address rather than a public name.
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+INVALID_HOST = "Invalid host header"  # Starlette's words
 
 
 def route_template(scope: Scope) -> str:
@@ -90,6 +96,45 @@ class RequestContextMiddleware:
             if self.metrics:
                 self.metrics.in_progress.dec()
                 self.metrics.observe(scope["method"], route, status_code, seconds)
+
+
+_HOST_ACCEPTED = "todo.host_accepted"
+
+
+async def _host_accepted(scope: Scope, receive: Receive, send: Send) -> None:
+    scope[_HOST_ACCEPTED] = True
+
+
+async def _discard(message: Message) -> None:
+    pass
+
+
+class AllowedHostsMiddleware:
+    """ALLOWED_HOSTS, checked by Starlette's TrustedHostMiddleware, with a refused Host
+    answered in the JSON error shape (Starlette answers plain text) and the probes exempt.
+
+    The check keeps a forged Host out of the URLs the service builds (Location, Link,
+    redirects). It is no access control, since any client may send an allowed name, so
+    exempting the probes gives nothing away: they build no URL, and load balancers,
+    kubelets and Prometheus call them by the instance's address, which clients never use."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        self.app = app
+        # Starlette's matching (wildcards, IPv6 literals, ports), run in front of an app
+        # that only marks the scope; its own plain-text refusal is discarded.
+        self._check = TrustedHostMiddleware(_host_accepted, allowed_hosts=allowed_hosts, www_redirect=False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
+            await self.app(scope, receive, send)
+            return
+        await self._check(scope, receive, _discard)
+        if scope.pop(_HOST_ACCEPTED, False):
+            await self.app(scope, receive, send)
+            return
+        await JSONResponse({"detail": INVALID_HOST}, status_code=status.HTTP_400_BAD_REQUEST)(
+            scope, receive, send
+        )
 
 
 class BodySizeLimitMiddleware:

@@ -107,6 +107,8 @@ def service_settings(db: BenchDatabase, keys: Secrets, database_url: str) -> Set
         rls_context_key=SecretStr(keys.context_key),
         rate_limit_requests="",
         rate_limit_writes="",
+        # The names the benchmark reaches the service by: wrk, and the capture's base_url.
+        allowed_hosts=["127.0.0.1", "bench"],
     )
 
 
@@ -121,6 +123,7 @@ def service_environment(
             "RLS_CONTEXT_KEY": keys.context_key,
             "RATE_LIMIT_REQUESTS": "",
             "RATE_LIMIT_WRITES": "",
+            "ALLOWED_HOSTS": "127.0.0.1",
             "DATA_DIR": str(data_dir),
         }
     )

@@ -170,6 +170,8 @@ def make_settings(db_url: DbUrls, **overrides: object) -> Settings:
         "migrations_database_url": db_url.owner,
         "jwt_secret": TEST_SECRET,
         "rls_context_key": TEST_CONTEXT_KEY,
+        # The names tests reach the app by: httpx's base_url, and live servers' address.
+        "allowed_hosts": ["test", "127.0.0.1"],
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -42,7 +42,7 @@ CONFLICTING_PREFIXES = ("PG", "UVICORN_")
 CONFLICTING_NAMES = frozenset({"WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS"})
 
 
-def _env_names(name: str, field: FieldInfo) -> list[str]:
+def env_names(name: str, field: FieldInfo) -> list[str]:
     """The environment variables pydantic-settings reads for a field, preferred first."""
     alias = field.validation_alias
     if isinstance(alias, AliasChoices):
@@ -72,7 +72,7 @@ def server_environment(settings: Settings, inherited: dict[str, str] | None = No
     every field of `settings` that is set, under the name Settings reads it from."""
     inherited = dict(os.environ if inherited is None else inherited)
     settings_names = {
-        env.upper() for name, field in Settings.model_fields.items() for env in _env_names(name, field)
+        env.upper() for name, field in Settings.model_fields.items() for env in env_names(name, field)
     }
     env = {
         key: value
@@ -84,7 +84,7 @@ def server_environment(settings: Settings, inherited: dict[str, str] | None = No
     for name, field in Settings.model_fields.items():
         value = getattr(settings, name)
         if value is not None:
-            env[_env_names(name, field)[0].upper()] = _env_value(field, value)
+            env[env_names(name, field)[0].upper()] = _env_value(field, value)
     return env
 
 

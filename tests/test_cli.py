@@ -13,7 +13,8 @@ import jwt
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli import banner, cli
+from app.config import Settings
 from tests.live_server import LiveServer, free_port, server_process
 from tests.tokens import TEST_SECRET
 
@@ -22,9 +23,20 @@ CONFIG_VARIABLES = (
     "MIGRATIONS_DATABASE_URL",
     "JWT_SECRET",
     "BETTER_AUTH_SECRET",
+    "JWT_ALGORITHMS",
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+    "JWKS_URL",
+    "JWKS_FILE",
+    "JWKS",
+    "ACCOUNTS_ENABLED",
     "RLS_CONTEXT_KEY",
+    "ALLOWED_HOSTS",
+    "HOST",
+    "PORT",
     "DATA_DIR",
 )
+TODO_API = [sys.executable, "-c", "from app.cli import main; main()"]
 
 
 @pytest.fixture
@@ -75,26 +87,49 @@ def test_an_external_database_needs_a_secret(clean_env: Path, monkeypatch: pytes
     assert "set JWT_SECRET (or BETTER_AUTH_SECRET)" in result.output
 
 
+def test_serve_with_a_database_url_needs_allowed_hosts(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://todo_app@db.invalid/todo")
+    monkeypatch.setenv("JWT_SECRET", TEST_SECRET)
+    result = CliRunner().invoke(cli, ["serve"])
+    assert result.exit_code == 1
+    assert "set ALLOWED_HOSTS to the host names clients use" in result.output
+    assert "Traceback" not in result.output
+
+
+def cli_environment(data_dir: Path) -> dict[str, str]:
+    """The developer's environment without any of the service's configuration."""
+    return {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES} | {"DATA_DIR": str(data_dir)}
+
+
+def serving(data_dir: Path, port: int, *options: str) -> AbstractContextManager[LiveServer]:
+    """`todo-api serve` on the embedded default in data_dir, until it answers."""
+    command = [*TODO_API, "serve", "--port", str(port), *options]
+    base = f"http://127.0.0.1:{port}"
+    env = cli_environment(data_dir)
+    return server_process(command, env=env, workdir=data_dir.parent, base_url=base, timeout=60)
+
+
+def interrupt(server: LiveServer) -> str:
+    """Ctrl-C, as a person at the terminal would; returns what the server printed."""
+    server.process.send_signal(signal.SIGINT)
+    assert server.process.wait(30) == 0, server.output()
+    return server.output()
+
+
 def test_serve_on_the_embedded_default_end_to_end(clean_env: Path) -> None:
     """Start as a newcomer would, use the API, stop with Ctrl-C, start again: data survives."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES} | {"DATA_DIR": str(clean_env)}
-    todo_api = [sys.executable, "-c", "from app.cli import main; main()"]
+    env = cli_environment(clean_env)
     base = f"http://127.0.0.1:{port}"
 
     def serve(*options: str) -> AbstractContextManager[LiveServer]:
-        command = [*todo_api, "serve", "--port", str(port), *options]
-        return server_process(command, env=env, workdir=clean_env.parent, base_url=base, timeout=60)
-
-    def interrupt(server: LiveServer) -> str:
-        """Ctrl-C, as a person at the terminal would."""
-        server.process.send_signal(signal.SIGINT)
-        assert server.process.wait(30) == 0, server.output()
-        return server.output()
+        return serving(clean_env, port, *options)
 
     with serve() as server:
         token = subprocess.run(
-            [*todo_api, "token", "alice"], env=env, capture_output=True, text=True, check=True
+            [*TODO_API, "token", "alice"], env=env, capture_output=True, text=True, check=True
         ).stdout.strip()
         headers = {"Authorization": f"Bearer {token}"}
         created = httpx.post(f"{base}/api/alice/tasks", json={"title": "survive a restart"}, headers=headers)
@@ -109,12 +144,15 @@ def test_serve_on_the_embedded_default_end_to_end(clean_env: Path) -> None:
         own_token = login.json()["access_token"]
         me = httpx.get(f"{base}/api/auth/me", headers={"Authorization": f"Bearer {own_token}"})
         assert me.json()["email"] == "carol@example.com"
+        # On the embedded default no Host is refused (ALLOWED_HOSTS is for deployments).
+        anywhere = httpx.get(f"{base}/api/alice/tasks", headers={**headers, "Host": "anything.example"})
+        assert anywhere.status_code == 200
         output = interrupt(server)
     assert_only_our_access_log(output)
-    assert f"on {base}" in output
-    assert f"docs: {base}/docs" in output
+    assert output.count(f"Todo API on {base}   docs: {base}/docs") == 1
     assert "todo-api token USER_ID" in output
-    assert "Stopping embedded PostgreSQL." in output
+    assert "register with POST /api/auth/register, log in with POST /api/auth/token" in output
+    assert "Stopped embedded PostgreSQL." in output
     assert not (clean_env / "pgdata" / "postmaster.pid").exists(), "the embedded server was left running"
 
     with serve("--workers", "2") as server:  # workers build their app from the environment
@@ -135,3 +173,83 @@ def assert_only_our_access_log(output: str) -> None:
     assert "uvicorn.access" not in output
     assert "HTTP/1.1" not in output
     assert "/api/alice" not in output
+
+
+def test_a_second_serve_on_a_busy_port_says_so_and_leaves_the_first_serving(clean_env: Path) -> None:
+    """The second exits at once, before the database: no banner, no claim that it
+    stopped anything. `todo-api audit` attaches to the first's embedded server and
+    leaves it running, saying nothing of stopping it."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = cli_environment(clean_env)
+    with serving(clean_env, port) as first:
+        second = subprocess.run(
+            [*TODO_API, "serve", "--port", str(port)],
+            env=env,
+            cwd=clean_env.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        output = second.stdout + second.stderr
+        assert second.returncode == 1, output
+        assert f"port {port} is in use" in output
+        assert "Traceback" not in output
+        assert "Todo API on" not in output
+        assert "embedded PostgreSQL" not in output  # neither started, nor used, nor stopped
+        assert httpx.get(f"{base}/readyz").status_code == 200
+
+        audit = subprocess.run(
+            [*TODO_API, "audit"], env=env, cwd=clean_env.parent, capture_output=True, text=True, timeout=120
+        )
+        output = audit.stdout + audit.stderr
+        assert audit.returncode == 0, output
+        assert "Using the embedded PostgreSQL already running in" in output
+        assert "Stopped embedded PostgreSQL" not in output
+        assert "Stopping embedded PostgreSQL" not in output
+        assert (clean_env / "pgdata" / "postmaster.pid").exists()
+        assert httpx.get(f"{base}/readyz").status_code == 200
+        output = interrupt(first)
+    assert output.count("Todo API on") == 1
+    assert "Stopped embedded PostgreSQL." in output
+    assert not (clean_env / "pgdata" / "postmaster.pid").exists(), "the embedded server was left running"
+
+
+def test_the_banner_offers_only_tokens_the_configuration_accepts(clean_env: Path) -> None:
+    def lines(**values: object) -> str:
+        return "\n".join(banner(Settings(_env_file=None, **values)))  # type: ignore[call-arg]
+
+    deployed = {"database_url": "postgresql://todo_app@db.example/todo", "port": 8080}
+    shared_secret = lines(**deployed, jwt_secret=TEST_SECRET)
+    assert "Todo API[/bold] on http://127.0.0.1:8080   docs: http://127.0.0.1:8080/docs" in shared_secret
+    assert "Get a token with:  todo-api token USER_ID" in shared_secret
+    assert "/api/auth/register" not in shared_secret
+    assert "identity provider" not in shared_secret
+
+    provider = lines(
+        **deployed, jwks_url="https://id.example/jwks", jwt_issuer="https://id.example", jwt_audience="todo"
+    )
+    assert "todo-api token" not in provider
+    assert "/api/auth/register" not in provider
+    assert (
+        "Tokens from your identity provider:  signed with a key from https://id.example/jwks, "
+        "iss https://id.example, aud todo"
+    ) in provider
+
+    # A secret, but no HMAC algorithm to verify its tokens with: `todo-api token` would not do.
+    no_hmac = lines(
+        **deployed, jwt_secret=TEST_SECRET, jwt_algorithms="EdDSA", jwks_file="/etc/todo/jwks.json"
+    )
+    assert "todo-api token" not in no_hmac
+    assert "signed with a key from /etc/todo/jwks.json" in no_hmac
+
+    accounts = lines(**deployed, accounts_enabled=True)
+    assert "todo-api token" not in accounts
+    assert (
+        "Built-in accounts:  register with POST /api/auth/register, log in with POST /api/auth/token"
+        in accounts
+    )
+
+    embedded_default = lines(jwt_secret=TEST_SECRET)
+    assert "todo-api token USER_ID" in embedded_default
+    assert "/api/auth/register" in embedded_default

@@ -11,8 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from app.config import Settings
+from app.keys import SigningKey
 from tests.conftest import missing_tool, running_app
 from tests.live_server import free_port
 from tests.tokens import auth
@@ -149,6 +151,36 @@ async def test_per_client_limits_in_redis_hold_across_instances(settings: Settin
         assert (await one.get("/nowhere")).status_code == 404
         assert (await two.get("/nowhere")).status_code == 404
         assert_429(await one.get("/nowhere"), "too many requests, slow down")
+
+
+async def test_log_in_failures_in_redis_hold_off_the_attacker_and_not_the_owner(
+    settings: Settings, redis_url: str
+) -> None:
+    """The log-in counts of tests/routes/test_accounts.py, on Redis and across instances:
+    failures per email, the marks of the addresses that failed, a success clearing its own."""
+    settings = settings.model_copy(
+        update={
+            "accounts_enabled": True,
+            "token_signing_key": SecretStr(SigningKey.generate_pem().decode()),
+            "rate_limit_auth": "2/day",
+            "rate_limit_storage": redis_url,
+        }
+    )
+    account = {"email": "owner@example.com", "password": "correct horse battery", "name": "Owner"}
+    right = {"username": account["email"], "password": account["password"]}
+    wrong = {**right, "password": "a guess"}
+    async with running_app(settings) as first, running_app(settings) as second:
+        async with client_from(first) as client:
+            assert (await client.post("/api/auth/register", json=account)).status_code == 201
+        async with client_from(first, "203.0.113.1") as one, client_from(second, "203.0.113.2") as two:
+            assert (await one.post("/api/auth/token", data=wrong)).status_code == 401
+            assert (await two.post("/api/auth/token", data=wrong)).status_code == 401
+            assert_429(
+                await one.post("/api/auth/token", data=wrong), "too many log-in attempts, try again later"
+            )
+        for app in (first, second):
+            async with client_from(app, "198.51.100.9") as owner:
+                assert (await owner.post("/api/auth/token", data=right)).status_code == 200
 
 
 async def test_an_unreachable_redis_does_not_stop_the_service(settings: Settings) -> None:

@@ -83,6 +83,7 @@ async def client(dedicated: DedicatedServer) -> AsyncIterator[httpx.AsyncClient]
         db_statement_timeout=STATEMENT_TIMEOUT,
         rate_limit_requests="",
         rate_limit_writes="",
+        allowed_hosts=["test"],
     )
     async with running_app(settings) as app, http_client(app) as client:
         yield client

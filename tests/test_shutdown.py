@@ -67,7 +67,7 @@ def test_sigterm_lets_a_request_in_flight_finish_and_stops_the_embedded_server(t
         assert process.wait(30) == 0, server.output()
 
     output = server.output()
-    assert "Stopping embedded PostgreSQL." in output
+    assert "Stopped embedded PostgreSQL." in output
     assert not (data_dir / "pgdata" / "postmaster.pid").exists(), "the embedded server was left running"
     # The request finished before the application shut down and closed the pool.
     events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
@@ -86,6 +86,7 @@ def test_the_slow_route_exists_only_in_the_test_wrapper() -> None:
         database_url="postgresql://todo_app@/todo",
         jwt_secret=TEST_SECRET,
         rls_context_key=TEST_CONTEXT_KEY,
+        allowed_hosts=["test"],
     )
     paths = {getattr(route, "path", None) for route in create_app(settings).routes}
     assert "/test/slow" not in paths

@@ -20,7 +20,7 @@ from app.auth import CurrentSubject, TokenVerifier, client_address
 from app.config import Settings
 from app.errors import NotFound
 from app.models import AccessToken, AccountCreate, AccountPublic
-from app.ratelimit import limit_auth
+from app.ratelimit import count_login, limit_login, limit_register
 from app.session import UserConnection, UserSessions
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ async def register(body: AccountCreate, request: Request) -> AccountPublic:
     """Create an account."""
     settings: Settings = request.app.state.settings
     email = _normalize_email(body.email)
-    await limit_auth(request, "register", email)
+    await limit_register(request, email)
     if len(body.password) < settings.password_min_length:
         raise RequestValidationError(
             [
@@ -80,7 +80,7 @@ async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: 
     """Log in with email (as `username`) and password; get a bearer token and your `user_id`."""
     settings: Settings = request.app.state.settings
     email = _normalize_email(form.username)
-    await limit_auth(request, "log-in", email)
+    await limit_login(request, email)
     sessions: UserSessions = request.app.state.user_sessions
     async with sessions.anonymous() as session:
         found = (
@@ -88,6 +88,8 @@ async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: 
         ).one_or_none()
     password_hash = found.password_hash if found else _DUMMY_HASH
     valid = await anyio.to_thread.run_sync(passwords.verify, form.password, password_hash)
+    # Counted only now: a right password must not use up the email's allowance.
+    await count_login(request, email, succeeded=found is not None and valid)
     if found is None or not valid:
         log.warning("log-in failed (client %s)", client_address(request))
         raise HTTPException(

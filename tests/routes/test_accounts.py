@@ -1,5 +1,6 @@
 """Built-in accounts: register, log in with the OAuth2 password form, me; under RLS."""
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,7 @@ from app.keys import SigningKey
 from app.main import create_app
 from app.session import UserSessions
 from tests.conftest import DbUrls, http_client, make_settings, running_app
+from tests.test_limits import client_from
 
 SIGNING_PEM = SigningKey.generate_pem().decode()
 PASSWORD = "correct horse battery"
@@ -224,36 +226,107 @@ def test_the_definer_functions_have_a_fixed_search_path(admin_conn: psycopg.Conn
         assert config == ["search_path=pg_catalog, pg_temp"], name
 
 
-async def test_auth_routes_are_rate_limited_per_address_and_per_email(db_url: DbUrls) -> None:
-    settings = make_settings(
-        db_url, accounts_enabled=True, token_signing_key=SIGNING_PEM, rate_limit_auth="3/day"
+def limited_settings(db_url: DbUrls, rate_limit_auth: str = "3/day") -> Settings:
+    return make_settings(
+        db_url, accounts_enabled=True, token_signing_key=SIGNING_PEM, rate_limit_auth=rate_limit_auth
     )
-    async with running_app(settings) as app:
-        one = httpx.ASGITransport(app=app, client=("10.0.0.1", 1000))
-        async with httpx.AsyncClient(transport=one, base_url="http://test") as client:
-            statuses = [(await log_in(client, f"user{n}@example.com")).status_code for n in range(4)]
-            assert statuses == [401, 401, 401, 429]
-            limited = await log_in(client, "user9@example.com")
-            assert limited.status_code == 429
-            assert int(limited.headers["Retry-After"]) >= 1
-            assert limited.json() == {"detail": "too many log-in attempts, try again later"}
-        # The same email from many addresses is limited too.
-        for n in range(4):
-            transport = httpx.ASGITransport(app=app, client=(f"10.0.1.{n}", 1000))
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                last = await log_in(client, "target@example.com")
-        assert last.status_code == 429
 
 
-async def test_register_is_rate_limited_too(db_url: DbUrls) -> None:
-    settings = make_settings(
-        db_url, accounts_enabled=True, token_signing_key=SIGNING_PEM, rate_limit_auth="2/day"
-    )
-    async with running_app(settings) as app, http_client(app) as client:
-        statuses = [(await register(client, f"user{n}@example.com")).status_code for n in range(3)]
-        assert statuses == [201, 201, 429]
-        # Log-in is counted apart from sign-up.
-        assert (await log_in(client, "user0@example.com")).status_code == 200
+def assert_login_limited(response: httpx.Response) -> None:
+    assert response.status_code == 429, response.text
+    assert response.json() == {"detail": "too many log-in attempts, try again later"}
+    assert 1 <= int(response.headers["Retry-After"]) <= 86400
+
+
+async def test_log_in_is_limited_per_address_over_all_attempts(db_url: DbUrls) -> None:
+    async with running_app(limited_settings(db_url)) as app:
+        async with client_from(app) as client:
+            assert (await register(client)).status_code == 201
+        async with client_from(app, "10.0.0.1") as client:
+            statuses = [(await log_in(client, f"user{n}@example.com")).status_code for n in range(3)]
+            assert statuses == [401, 401, 401]
+            assert_login_limited(await log_in(client, "user9@example.com"))
+            # Right passwords count here too, and once over, nothing is verified.
+            assert_login_limited(await log_in(client))
+
+
+async def test_right_passwords_do_not_count_against_the_email(db_url: DbUrls) -> None:
+    """Counting them let anyone lock a known email out by logging in as it, or by
+    hammering it: here the owner logs in more often than the limit, from anywhere."""
+    async with running_app(limited_settings(db_url)) as app:
+        async with client_from(app) as client:
+            assert (await register(client)).status_code == 201
+        for n in range(5):
+            async with client_from(app, f"10.0.1.{n}") as client:
+                assert (await log_in(client)).status_code == 200
+
+
+async def test_during_an_attack_on_an_email_its_owner_logs_in_from_another_address(db_url: DbUrls) -> None:
+    async with running_app(limited_settings(db_url)) as app:
+        async with client_from(app) as client:
+            assert (await register(client)).status_code == 201
+        # One address hammers the email, well beyond the limit.
+        async with client_from(app, "203.0.113.66") as attacker:
+            statuses = [(await log_in(attacker, password=f"guess {n}")).status_code for n in range(3)]
+            assert statuses == [401, 401, 401]
+            for n in range(5):
+                assert_login_limited(await log_in(attacker, " Alice@Example.com", password=f"guess {n}"))
+            # Unverified once limited: a 429 says nothing of the password.
+            assert_login_limited(await log_in(attacker))
+        async with client_from(app, "198.51.100.7") as owner:
+            assert (await log_in(owner)).status_code == 200
+            assert (await log_in(owner)).status_code == 200
+
+
+async def test_once_an_email_has_failed_enough_the_addresses_that_failed_are_held_off(db_url: DbUrls) -> None:
+    """Failures from many addresses, each under its own limit: the email's count holds
+    off every address that failed for it, gives a new address one try, and lets the
+    owner in."""
+    async with running_app(limited_settings(db_url)) as app:
+        async with client_from(app) as client:
+            assert (await register(client)).status_code == 201
+        for n in range(3):
+            async with client_from(app, f"203.0.113.{n}") as attacker:
+                assert (await log_in(attacker, password="guess")).status_code == 401
+        for n in range(3):
+            async with client_from(app, f"203.0.113.{n}") as attacker:
+                assert_login_limited(await log_in(attacker, password="another guess"))
+                # Other emails from the same address are not held off.
+                assert (await log_in(attacker, "nobody@example.com")).status_code == 401
+        async with client_from(app, "203.0.113.50") as fresh:
+            assert (await log_in(fresh, password="guess")).status_code == 401
+            assert_login_limited(await log_in(fresh, password="another guess"))
+        async with client_from(app, "198.51.100.7") as owner:
+            assert (await log_in(owner)).status_code == 200
+
+
+async def test_a_new_address_gets_one_try_at_a_spent_email_even_all_at_once(db_url: DbUrls) -> None:
+    """Its try is marked before the password is verified, so concurrent guesses from it
+    cannot all pass while the first is being verified."""
+    async with running_app(limited_settings(db_url)) as app:
+        async with client_from(app) as client:
+            assert (await register(client)).status_code == 201
+        for n in range(3):
+            async with client_from(app, f"203.0.113.{n}") as attacker:
+                assert (await log_in(attacker, password="guess")).status_code == 401
+        async with client_from(app, "203.0.113.60") as fresh:
+            guesses = await asyncio.gather(*(log_in(fresh, password=f"guess {n}") for n in range(3)))
+        assert sorted(response.status_code for response in guesses) == [401, 429, 429]
+
+
+async def test_register_is_rate_limited_per_address_and_per_email(db_url: DbUrls) -> None:
+    async with running_app(limited_settings(db_url, "2/day")) as app:
+        async with client_from(app) as client:
+            statuses = [(await register(client, f"user{n}@example.com")).status_code for n in range(3)]
+            assert statuses == [201, 201, 429]
+            # Log-in is counted apart from sign-up.
+            assert (await log_in(client, "user0@example.com")).status_code == 200
+        # Every attempt at one email counts, from whatever address.
+        statuses = []
+        for n in range(3):
+            async with client_from(app, f"10.0.2.{n}") as client:
+                statuses.append((await register(client, "target@example.com")).status_code)
+        assert statuses == [201, 409, 429]
 
 
 async def test_the_docs_page_can_log_in_with_the_password_form(api: httpx.AsyncClient) -> None:
