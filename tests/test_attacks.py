@@ -8,10 +8,9 @@ they were before it.
 
 import base64
 import hashlib
-import hmac
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from tests.live_server import LiveService, live_service
-from tests.tokens import OMIT, TEST_SECRET, make_token
+from tests.tokens import OMIT, forge, make_token
 
 # Rate limits off: a 429 would end an attack before it reached what it attacks.
 service = live_service("attacks", rate_limit_requests="", rate_limit_writes="")
@@ -47,30 +46,6 @@ TASK_ROUTES = [route for route in ROUTES if "{id}" in route[1]]
 def bearer(token: str | bytes) -> dict[str, Any]:
     prefix = b"Bearer " if isinstance(token, bytes) else "Bearer "
     return {"Authorization": prefix + token}  # type: ignore[operator]
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def forge(
-    header: Any,
-    claims: Any,
-    *,
-    key: str = TEST_SECRET,
-    digest: Callable[..., Any] = hashlib.sha256,
-    signature: str | None = None,
-) -> str:
-    """A token with any header and claims (JSON, or raw bytes), HMAC-signed with `key`
-    whatever its header says: for the shapes make_token cannot produce."""
-
-    def part(value: Any) -> str:
-        return _b64(value if isinstance(value, bytes) else json.dumps(value).encode())
-
-    signing_input = f"{part(header)}.{part(claims)}"
-    if signature is None:
-        signature = _b64(hmac.new(key.encode(), signing_input.encode(), digest).digest())
-    return f"{signing_input}.{signature}"
 
 
 def claims(sub: Any = VICTIM, **extra: Any) -> dict[str, Any]:

@@ -6,8 +6,6 @@ TokenVerifier, as requests would be."""
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import json
 import threading
 import time
@@ -26,6 +24,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from app.auth import InvalidToken, TokenVerifier
 from app.config import Settings
 from tests.conftest import DbUrls, http_client, make_settings, running_app
+from tests.tokens import forge
 
 ISSUER = "https://idp.test"
 AUDIENCE = "todo-api"
@@ -209,18 +208,6 @@ async def test_a_token_without_kid_is_accepted_only_against_a_single_key(jwks_se
 # --- algorithm confusion ------------------------------------------------------------
 
 
-def hs256_with_secret(secret: bytes, claims: dict[str, Any], kid: str | None = None) -> str:
-    """HS256 by hand: PyJWT itself refuses to use a public key as an HMAC secret."""
-
-    def b64(data: bytes) -> str:
-        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-    header = {"alg": "HS256", "typ": "JWT", **({"kid": kid} if kid else {})}
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
-    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64(signature)}"
-
-
 def claims(sub: str = "alice") -> dict[str, Any]:
     now = int(time.time())
     return {"sub": sub, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300}
@@ -228,16 +215,17 @@ def claims(sub: str = "alice") -> dict[str, Any]:
 
 @pytest.mark.parametrize("key", [ED, RSA, EC], ids=["EdDSA", "RS256", "ES256"])
 async def test_hs256_signed_with_the_public_key_is_refused(jwks_server: JwksServer, key: Key) -> None:
+    # Forged by hand: PyJWT itself refuses to use a public key as an HMAC secret.
     as_secret = [key.public_pem, json.dumps(key.jwk).encode()]
     # Without a shared secret configured, HS256 is not accepted at all...
     verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url))
     for secret in as_secret:
-        token = hs256_with_secret(secret, claims(), kid=key.kid)
+        token = forge({"alg": "HS256", "typ": "JWT", "kid": key.kid}, claims(), key=secret)
         assert await outcome(verifier, token) == "refused: token algorithm is not accepted"
     # ...and with one, it is checked against that secret, never against a JWKS key.
     both = TokenVerifier(settings_for(jwks_url=jwks_server.url, jwt_secret="s" * 40))
     for secret in as_secret:
-        token = hs256_with_secret(secret, claims(), kid=key.kid)
+        token = forge({"alg": "HS256", "typ": "JWT", "kid": key.kid}, claims(), key=secret)
         assert await outcome(both, token) == "refused: token signature is invalid"
     await verifier.aclose()
     await both.aclose()
@@ -267,7 +255,7 @@ async def test_an_hmac_key_in_the_jwks_is_never_used() -> None:
     secret = b"shared-secret-that-is-long-enough-0123456789"
     oct_key = {"kty": "oct", "kid": "oct-1", "k": base64.urlsafe_b64encode(secret).rstrip(b"=").decode()}
     verifier = TokenVerifier(settings_for(jwks={"keys": [oct_key, ED.jwk]}))
-    token = hs256_with_secret(secret, claims(), kid="oct-1")
+    token = forge({"alg": "HS256", "typ": "JWT", "kid": "oct-1"}, claims(), key=secret)
     assert await outcome(verifier, token) == "refused: token algorithm is not accepted"
 
 
@@ -333,9 +321,8 @@ async def test_better_auth_jwt_plugin_tokens_open_the_api(db_url: DbUrls) -> Non
             listed = await client.get("/api/ba-user-1/tasks", headers=headers)
             assert [task["title"] for task in listed.json()] == ["from Better Auth"]
             # An HS256 token is refused: no shared secret is configured.
-            hs = httpx.Headers(
-                {"Authorization": "Bearer " + hs256_with_secret(b"x" * 40, claims("ba-user-1"))}
-            )
+            hs256 = forge({"alg": "HS256", "typ": "JWT"}, claims("ba-user-1"), key=b"x" * 40)
+            hs = httpx.Headers({"Authorization": f"Bearer {hs256}"})
             assert (await client.get("/api/ba-user-1/tasks", headers=hs)).status_code == 401
     finally:
         server.close()

@@ -1,7 +1,5 @@
 """Who may call the task routes: every 401 variant, and 403 on another user's path."""
 
-import base64
-import json
 import logging
 
 import httpx
@@ -9,7 +7,7 @@ import jwt
 import pytest
 
 from tests.conftest import DbUrls, http_client, make_settings, running_app
-from tests.tokens import OMIT, TEST_SECRET, auth, make_token
+from tests.tokens import OMIT, TEST_SECRET, auth, forge, make_token
 
 ROUTES = [
     ("GET", "/api/alice/tasks"),
@@ -22,15 +20,6 @@ ROUTES = [
 ]
 
 
-def _b64(data: dict[str, object]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
-
-
-def unsigned_token(sub: str = "alice") -> str:
-    """`alg: none`: header and claims with an empty signature."""
-    return f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64({'sub': sub, 'exp': 9999999999})}."
-
-
 BAD_TOKENS = {
     "malformed": ("not-a-jwt", "malformed token"),
     "three garbage parts": ("abc.def.ghi", "malformed token"),
@@ -39,7 +28,10 @@ BAD_TOKENS = {
         "token signature is invalid",
     ),
     "expired": (make_token(ttl=-120), "token has expired"),
-    "alg none": (unsigned_token(), "token algorithm is not accepted"),
+    "alg none": (
+        forge({"alg": "none", "typ": "JWT"}, {"sub": "alice", "exp": 9999999999}, signature=""),
+        "token algorithm is not accepted",
+    ),
     "wrong algorithm": (
         make_token(secret=TEST_SECRET * 2, algorithm="HS512"),
         "token algorithm is not accepted",
