@@ -83,7 +83,11 @@ class TokenVerifier:
         """The token's verified user id; raises InvalidToken with the reason."""
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError as exc:
+        except jwt.InvalidTokenError as exc:
+            # Not only DecodeError: PyJWT checks `kid` and `crit` here too, raising
+            # InvalidTokenError for a `kid` that is not a string or a `crit` it does not
+            # support. (Its other errors, PyJWKError and InvalidKeyError, are about keys,
+            # which are ours, not the token's: a fault to see, not a 401.)
             raise InvalidToken("malformed token") from exc
         algorithm = header.get("alg")
         trust = await self._trust(algorithm, header.get("kid"))

@@ -20,6 +20,9 @@ ROUTES = [
 ]
 
 
+# Valid claims for alice: each token below is refused for its header alone.
+CLAIMS = {"sub": "alice", "exp": 9999999999}
+
 BAD_TOKENS = {
     "malformed": ("not-a-jwt", "malformed token"),
     "three garbage parts": ("abc.def.ghi", "malformed token"),
@@ -29,7 +32,7 @@ BAD_TOKENS = {
     ),
     "expired": (make_token(ttl=-120), "token has expired"),
     "alg none": (
-        forge({"alg": "none", "typ": "JWT"}, {"sub": "alice", "exp": 9999999999}, signature=""),
+        forge({"alg": "none", "typ": "JWT"}, CLAIMS, signature=""),
         "token algorithm is not accepted",
     ),
     "wrong algorithm": (
@@ -41,6 +44,14 @@ BAD_TOKENS = {
     "empty sub": (make_token(sub=""), "token 'sub' must be 1 to 255 characters, without NUL"),
     "numeric sub": (make_token(sub=42), "token 'sub' must be a string"),
     "not yet valid": (make_token(nbf=9999999999), "token is not valid yet"),
+    # Headers that PyJWT refuses while reading them, not only when it decodes.
+    "kid a number": (forge({"alg": "HS256", "kid": 5}, CLAIMS), "malformed token"),
+    "kid a list": (forge({"alg": "HS256", "kid": ["a"]}, CLAIMS), "malformed token"),
+    "crit naming a claim": (forge({"alg": "HS256", "crit": ["exp"]}, CLAIMS), "malformed token"),
+    "crit empty": (forge({"alg": "HS256", "crit": []}, CLAIMS), "malformed token"),
+    "crit not a list": (forge({"alg": "HS256", "crit": "x"}, CLAIMS), "malformed token"),
+    "crit b64 without b64": (forge({"alg": "HS256", "crit": ["b64"]}, CLAIMS), "malformed token"),
+    "b64 false": (forge({"alg": "HS256", "crit": ["b64"], "b64": False}, CLAIMS), "malformed token"),
 }
 
 
