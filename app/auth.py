@@ -99,6 +99,12 @@ class TokenVerifier:
             raise InvalidToken(
                 f"token '{self._user_claim}' must be 1 to {MAX_SUBJECT_LENGTH} characters, without NUL"
             )
+        try:
+            # JSON's "\ud800" decodes to a lone surrogate, which no UTF-8 text holds:
+            # neither the database nor the signed user context could take it.
+            subject.encode()
+        except UnicodeEncodeError:
+            raise InvalidToken(f"token '{self._user_claim}' is not valid Unicode text") from None
         return subject
 
     async def _trust(self, algorithm: object, kid: object) -> _Trust:

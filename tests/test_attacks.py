@@ -220,6 +220,10 @@ BAD_TOKENS: dict[str, tuple[str | bytes, str]] = {
     "sub a boolean": (make_token(True), BAD_SUB),
     "sub empty": (make_token(""), SUB_LENGTH),
     "sub victim + NUL": (make_token(VICTIM + "\x00"), SUB_LENGTH),
+    "sub victim + a lone surrogate": (
+        forge(HS256, claims(VICTIM + "\ud800")),
+        "token 'sub' is not valid Unicode text",
+    ),
     "not a JWT": ("not-a-jwt", MALFORMED),
     "three garbage parts": ("abc.def.ghi", MALFORMED),
     "empty parts": ("..", MALFORMED),
