@@ -392,6 +392,7 @@ def test_hostile_user_ids_that_no_token_may_carry_are_refused_on_every_route(
         "1;delete",
         "%00",
         "%20",
+        "%ED%A0%80",  # U+D800 as UTF-8 would have it, which is not UTF-8
     ],
 )
 def test_hostile_task_ids_are_422_on_every_task_route(http: httpx.Client, task_id: str) -> None:
@@ -445,6 +446,33 @@ def test_unknown_list_parameters_change_nothing_about_whose_rows_you_see(
     assert_clean(response, 200)
     assert_only_own(response, MALLORY)
     assert not {task["id"] for task in response.json()} & set(victim_ids)
+
+
+def test_surrogates_in_the_path_query_and_body_are_never_a_5xx(http: httpx.Client) -> None:
+    """%ED%A0%80 would be U+D800 in UTF-8, which is not UTF-8: the server decodes the path
+    and the query with U+FFFD in its place. Only JSON's "\\ud800" can carry a surrogate."""
+    token = bearer(make_token(MALLORY))
+    replaced = "\ufffd" * 3
+    # In the path, an ordinary user id of three U+FFFD: not mallory's, but its own token's.
+    response = http.get("/api/%ED%A0%80/tasks", headers=token)
+    assert_clean(response, 403)
+    assert response.json() == FORBIDDEN
+    response = http.get("/api/%ED%A0%80/tasks", headers=bearer(make_token(replaced)))
+    assert_clean(response, 200)
+    assert response.json() == []
+    # In a query value (refused, and echoed as replaced) and a query name (ignored).
+    response = http.get(f"/api/{MALLORY}/tasks?status=%ED%A0%80", headers=token)
+    assert_clean(response, 422)
+    assert response.json()["detail"][0]["input"] == replaced
+    assert_clean(http.get(f"/api/{MALLORY}/tasks?%ED%A0%80=1", headers=token), 200)
+    # In JSON, a real surrogate: a 422 naming the field.
+    response = http.post(
+        f"/api/{MALLORY}/tasks",
+        content=json.dumps({"title": "\ud800"}).encode(),
+        headers={**token, "Content-Type": "application/json"},
+    )
+    assert_clean(response, 422)
+    assert [error["loc"] for error in response.json()["detail"]] == [["body", "title"]]
 
 
 def test_a_body_naming_the_victim_is_refused_and_writes_nothing(
