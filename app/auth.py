@@ -1,4 +1,5 @@
-"""Bearer token -> verified subject (the user id), or 401. Knows nothing about the database.
+"""Bearer token -> verified subject (the user id), or 401 (or 503 while an identity
+provider's keys cannot be fetched). Knows nothing about the database.
 
 Three kinds of token are accepted, each only when configured:
 - HS256 (or another HMAC algorithm in JWT_ALGORITHMS) signed with JWT_SECRET;
@@ -19,11 +20,12 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2PasswordBearer
 
 from app.config import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, Settings
-from app.keys import RemoteKeySet, SigningKey, StaticKeySet
+from app.keys import KeySourceUnavailable, RemoteKeySet, SigningKey, StaticKeySet
 
 log = logging.getLogger(__name__)
 
 MAX_SUBJECT_LENGTH = 255
+KEY_SOURCE_UNAVAILABLE = "the token key source is unavailable, try again shortly"
 
 bearer_scheme = HTTPBearer(
     auto_error=False,
@@ -80,10 +82,15 @@ class TokenVerifier:
         self._user_claim = settings.jwt_user_claim
 
     async def subject(self, token: str) -> str:
-        """The token's verified user id; raises InvalidToken with the reason."""
+        """The token's verified user id; raises InvalidToken with the reason, or
+        KeySourceUnavailable when only keys that could not be fetched could decide."""
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError as exc:
+        except jwt.InvalidTokenError as exc:
+            # Not only DecodeError: PyJWT checks `kid` and `crit` here too, raising
+            # InvalidTokenError for a `kid` that is not a string or a `crit` it does not
+            # support. (Its other errors, PyJWKError and InvalidKeyError, are about keys,
+            # which are ours, not the token's: a fault to see, not a 401.)
             raise InvalidToken("malformed token") from exc
         algorithm = header.get("alg")
         trust = await self._trust(algorithm, header.get("kid"))
@@ -96,6 +103,12 @@ class TokenVerifier:
             raise InvalidToken(
                 f"token '{self._user_claim}' must be 1 to {MAX_SUBJECT_LENGTH} characters, without NUL"
             )
+        try:
+            # JSON's "\ud800" decodes to a lone surrogate, which no UTF-8 text holds:
+            # neither the database nor the signed user context could take it.
+            subject.encode()
+        except UnicodeEncodeError:
+            raise InvalidToken(f"token '{self._user_claim}' is not valid Unicode text") from None
         return subject
 
     async def _trust(self, algorithm: object, kid: object) -> _Trust:
@@ -176,6 +189,13 @@ class TokenVerifier:
         hmac = sorted(self._algorithms & HMAC_ALGORITHMS)
         return jwt.encode(payload | claims, self._secret, algorithm=hmac[0] if hmac else "HS256")
 
+    async def key_source_unavailable(self) -> str | None:
+        """Why tokens signed by the identity provider cannot be verified now (no key
+        fetched from JWKS_URL, and the last attempt failed), or None. May try a fetch."""
+        if isinstance(self._keys, RemoteKeySet):
+            return await self._keys.unavailable()
+        return None
+
     async def aclose(self) -> None:
         if isinstance(self._keys, RemoteKeySet):
             await self._keys.aclose()
@@ -217,6 +237,15 @@ async def current_subject(
         return await verifier.subject(credentials.credentials)
     except InvalidToken as exc:
         raise unauthorized(str(exc), request) from None
+    except KeySourceUnavailable as exc:
+        # Not a 401: the token may well be good, and the client should retry it, not
+        # drop it. Retry-After is when the service will next try the provider.
+        log.warning("token not verified: key source unavailable (%s)", exc)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=KEY_SOURCE_UNAVAILABLE,
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from None
 
 
 CurrentSubject = Annotated[str, Depends(current_subject)]

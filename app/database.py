@@ -89,10 +89,17 @@ ROLE_FACTS = text(
     select r.rolname as name, r.rolsuper as superuser, r.rolbypassrls as bypassrls,
            r.rolcreaterole as createrole, r.rolcreatedb as createdb,
            has_database_privilege(r.oid, current_database(), 'TEMPORARY') as temporary,
-           -- Session defaults set with ALTER ROLE (everywhere, or in this database).
-           array(select unnest(s.setconfig) from pg_db_role_setting s
+           -- Session defaults set with ALTER ROLE (everywhere, or in this database) that
+           -- the role could have set on itself: of parameters any user may set, or custom
+           -- ones. Those of superuser-only parameters (log_statement, say) only a
+           -- superuser set.
+           array(select c.setting
+                 from pg_db_role_setting s, unnest(s.setconfig) c(setting)
                  where s.setrole = r.oid
                    and s.setdatabase in (0, (select oid from pg_database where datname = current_database()))
+                   and not exists (select from pg_settings p
+                                   where p.name = lower(split_part(c.setting, '=', 1))
+                                     and p.context <> 'user')
                  order by 1) as settings,
            array(select m.roleid::regrole::text from pg_auth_members m
                  where m.member = r.oid order by 1) as memberships,

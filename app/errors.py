@@ -4,10 +4,12 @@ Nothing raw reaches a client: no SQL text, no constraint name, no stack trace.
 """
 
 import logging
+from typing import Any
 
 import asyncpg
 from fastapi import FastAPI, Request, status
-from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -145,6 +147,30 @@ async def _unavailable_handler(request: Request, exc: Exception) -> JSONResponse
     return _unavailable()
 
 
+def _encodable(value: Any) -> Any:
+    """`value` (JSON-ready) with each lone UTF-16 surrogate in its strings replaced by
+    U+FFFD. JSON's "\\ud800" decodes to one, which UTF-8 cannot encode, and a 422 echoes
+    the input it refuses (and, for an unknown field, names it in `loc`)."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value
+    if isinstance(value, dict):
+        return {_encodable(key): _encodable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_encodable(item) for item in value]
+    return value
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, `{"detail": [field errors]}`, written whatever the input held."""
+    assert isinstance(exc, RequestValidationError)
+    errors = _encodable(jsonable_encoder(exc.errors()))
+    return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
@@ -168,7 +194,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         # FastAPI's own 400 for a body that is not even UTF-8: like any other body that
         # is not JSON, a 422 naming the body.
         error = {"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {}}
-        return await request_validation_exception_handler(request, RequestValidationError([error]))
+        return await _validation_error(request, RequestValidationError([error]))
     if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
         allowed = ", ".join(_methods_allowed(request))
         exc = StarletteHTTPException(exc.status_code, exc.detail, {**(exc.headers or {}), "Allow": allowed})
@@ -185,6 +211,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(DBAPIError, _database_error)
     # A pool with no free connection, or a server that refuses connections.

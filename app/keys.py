@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,20 @@ from app.config import ASYMMETRIC_ALGORITHMS
 log = logging.getLogger(__name__)
 
 
+class KeySourceUnavailable(Exception):
+    """The identity provider's keys could not be fetched, and no cached key decides the
+    token: the caller did nothing wrong, and may try again in `retry_after` seconds."""
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
 def _usable_keys(document: Any) -> dict[str, PyJWK]:
     """kid -> key for the asymmetric signing keys of a JWKS document. HMAC keys ("oct")
     are left out: a shared secret comes only from JWT_SECRET, never from a key set."""
+    if not isinstance(document, dict):
+        raise jwt.PyJWKSetError("the JWKS is not a JSON object")
     keys: dict[str, PyJWK] = {}
     for jwk in PyJWKSet.from_dict(document).keys:
         if jwk.algorithm_name not in ASYMMETRIC_ALGORITHMS or jwk.public_key_use not in (None, "sig"):
@@ -56,7 +68,11 @@ class RemoteKeySet:
     tokens with made-up kids would hammer the identity provider), and has no way to keep
     serving the keys it had while the provider is down. This one: fetches with httpx,
     keeps the keys for `cache_seconds`, refetches early on an unknown `kid` at most once
-    per `min_refresh_seconds`, and on a failed fetch keeps the keys it has."""
+    per `min_refresh_seconds`, and on a failed fetch keeps the keys it has.
+
+    A key it cannot find is not always the token's fault: when the last fetch failed,
+    the key may be one the provider publishes now. Then `find` raises
+    KeySourceUnavailable (a 503) rather than answering None (a 401)."""
 
     def __init__(
         self,
@@ -70,13 +86,18 @@ class RemoteKeySet:
         self._url = url
         self._cache_seconds = cache_seconds
         self._min_refresh_seconds = min_refresh_seconds
+        self._timeout = timeout
         self._client = client or httpx.AsyncClient(timeout=timeout)
         self._keys: dict[str, PyJWK] = {}
         self._fetched_at = float("-inf")  # last successful fetch
         self._attempted_at = float("-inf")  # last attempt, successful or not
+        # Why the last attempt failed; None once one succeeded, until one fails again.
+        self._failure: str | None = "no fetch has completed yet"
         self._lock = asyncio.Lock()
 
     async def find(self, kid: str | None) -> PyJWK | None:
+        """The key `kid` names (without `kid`: the only key); None if the provider, asked
+        last time, does not publish it. Raises KeySourceUnavailable if it could not be asked."""
         now = time.monotonic()
         if now - self._fetched_at > self._cache_seconds:
             await self._refresh(now)
@@ -84,7 +105,21 @@ class RemoteKeySet:
         if key is None and kid is not None:
             await self._refresh(now)  # a rotated key, perhaps; rate-limited
             key = _find(self._keys, kid)
+        if key is None and self._failure is not None:
+            raise KeySourceUnavailable(self._failure, self._seconds_to_next_attempt())
         return key
+
+    async def unavailable(self) -> str | None:
+        """Why no token of the provider's can be verified (no key was ever fetched, or
+        none is cached and the last fetch failed), or None. Without keys it first tries a
+        fetch, as often as `min_refresh_seconds` allows."""
+        if not self._keys:
+            await self._refresh(time.monotonic())
+        return None if self._keys else (self._failure or "no keys")
+
+    def _seconds_to_next_attempt(self) -> int:
+        remaining = self._attempted_at + self._min_refresh_seconds - time.monotonic()
+        return max(1, math.ceil(remaining))
 
     async def _refresh(self, now: float) -> None:
         async with self._lock:
@@ -92,22 +127,42 @@ class RemoteKeySet:
                 return
             self._attempted_at = time.monotonic()
             try:
-                response = await self._client.get(self._url)
-                response.raise_for_status()
-                keys = _usable_keys(response.json())
-            except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
+                # A bound on the whole fetch, not only on each read: requests wait for it.
+                async with asyncio.timeout(self._timeout):
+                    response = await self._client.get(self._url)
+                    response.raise_for_status()
+                    keys = _usable_keys(response.json())
+                if not keys:
+                    raise jwt.PyJWKSetError("the JWKS has no asymmetric signing key")
+            except (httpx.HTTPError, ValueError, TypeError, TimeoutError, jwt.PyJWTError) as exc:
+                # TypeError: PyJWT on a JWK whose members are of the wrong JSON type.
+                self._failure = _failure(exc)
                 log.warning(
                     "JWKS fetch from %s failed (%s); keeping %d cached keys",
                     self._url,
-                    type(exc).__name__,
+                    self._failure,
                     len(self._keys),
                 )
                 return
             self._keys = keys
             self._fetched_at = time.monotonic()
+            self._failure = None
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _failure(exc: Exception) -> str:
+    """A fetch's failure, in a few words for the log and the readiness probe."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code}"
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, json.JSONDecodeError):
+        return "not JSON"
+    if isinstance(exc, jwt.PyJWKSetError):
+        return str(exc)  # PyJWT's and ours: about the set, never quoting a key
+    return type(exc).__name__
 
 
 def _find(keys: dict[str, PyJWK], kid: str | None) -> PyJWK | None:

@@ -44,7 +44,10 @@ after logging in, open it, press *Try it out*, then *Execute*.
 OPERATIONAL_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": "The request body is larger than MAX_BODY_SIZE"},
     429: {"model": ErrorBody, "description": "Rate limited; `Retry-After` says when to try again"},
-    503: {"model": ErrorBody, "description": "The database is unavailable; try again after `Retry-After`"},
+    503: {
+        "model": ErrorBody,
+        "description": "The database, or the token key source, is unavailable; try again after `Retry-After`",
+    },
 }
 
 

@@ -4,7 +4,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import pydantic
-from pydantic import EmailStr, StringConstraints, field_validator
+from pydantic import BeforeValidator, EmailStr, StringConstraints, field_validator
+from pydantic_core import PydanticCustomError
 from sqlalchemy import BigInteger, Column, DateTime, Identity, String, func, text
 from sqlmodel import Field, SQLModel
 
@@ -15,13 +16,34 @@ if TYPE_CHECKING:
 TITLE_MAX = 200
 DESCRIPTION_MAX = 1000
 
+
+def _refuse_lone_surrogates(value: object) -> object:
+    # JSON's "\ud800" decodes to a lone UTF-16 surrogate, which no UTF-8 text can hold:
+    # PostgreSQL could not store it, argon2 could not hash it.
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise PydanticCustomError(
+                "string_unicode",
+                "String should be valid Unicode, but has a lone surrogate at position {position}",
+                {"position": exc.start},
+            ) from None
+    return value
+
+
+# Every text field of a request body carries it, last in its Annotated: a before-validator
+# runs ahead of the constraints to its left, whose errors and JSON schema stay as they are.
+ValidUnicode = BeforeValidator(_refuse_lone_surrogates)
+
 # PostgreSQL text cannot hold NUL, so it is refused here as invalid input, not later as an error.
 _NO_NUL = r"^[^\x00]*$"
 Title = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX, pattern=_NO_NUL),
+    ValidUnicode,
 ]
-Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX, pattern=_NO_NUL)]
+Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX, pattern=_NO_NUL), ValidUnicode]
 
 
 class Task(SQLModel, table=True):
@@ -120,10 +142,10 @@ class Account(SQLModel, table=True):
 class AccountCreate(SQLModel):
     model_config = _REQUEST
 
-    email: EmailStr
+    email: Annotated[EmailStr, ValidUnicode]
     # The minimum length is a setting (PASSWORD_MIN_LENGTH), checked by the route; the
     # maximum keeps argon2's input, and so its cost, bounded.
-    password: Annotated[str, StringConstraints(max_length=128)]
+    password: Annotated[str, StringConstraints(max_length=128), ValidUnicode]
     name: Title
 
 

@@ -8,10 +8,9 @@ they were before it.
 
 import base64
 import hashlib
-import hmac
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from tests.live_server import LiveService, live_service
-from tests.tokens import OMIT, TEST_SECRET, make_token
+from tests.tokens import OMIT, forge, make_token
 
 # Rate limits off: a 429 would end an attack before it reached what it attacks.
 service = live_service("attacks", rate_limit_requests="", rate_limit_writes="")
@@ -47,30 +46,6 @@ TASK_ROUTES = [route for route in ROUTES if "{id}" in route[1]]
 def bearer(token: str | bytes) -> dict[str, Any]:
     prefix = b"Bearer " if isinstance(token, bytes) else "Bearer "
     return {"Authorization": prefix + token}  # type: ignore[operator]
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def forge(
-    header: Any,
-    claims: Any,
-    *,
-    key: str = TEST_SECRET,
-    digest: Callable[..., Any] = hashlib.sha256,
-    signature: str | None = None,
-) -> str:
-    """A token with any header and claims (JSON, or raw bytes), HMAC-signed with `key`
-    whatever its header says: for the shapes make_token cannot produce."""
-
-    def part(value: Any) -> str:
-        return _b64(value if isinstance(value, bytes) else json.dumps(value).encode())
-
-    signing_input = f"{part(header)}.{part(claims)}"
-    if signature is None:
-        signature = _b64(hmac.new(key.encode(), signing_input.encode(), digest).digest())
-    return f"{signing_input}.{signature}"
 
 
 def claims(sub: Any = VICTIM, **extra: Any) -> dict[str, Any]:
@@ -245,6 +220,10 @@ BAD_TOKENS: dict[str, tuple[str | bytes, str]] = {
     "sub a boolean": (make_token(True), BAD_SUB),
     "sub empty": (make_token(""), SUB_LENGTH),
     "sub victim + NUL": (make_token(VICTIM + "\x00"), SUB_LENGTH),
+    "sub victim + a lone surrogate": (
+        forge(HS256, claims(VICTIM + "\ud800")),
+        "token 'sub' is not valid Unicode text",
+    ),
     "not a JWT": ("not-a-jwt", MALFORMED),
     "three garbage parts": ("abc.def.ghi", MALFORMED),
     "empty parts": ("..", MALFORMED),
@@ -413,6 +392,7 @@ def test_hostile_user_ids_that_no_token_may_carry_are_refused_on_every_route(
         "1;delete",
         "%00",
         "%20",
+        "%ED%A0%80",  # U+D800 as UTF-8 would have it, which is not UTF-8
     ],
 )
 def test_hostile_task_ids_are_422_on_every_task_route(http: httpx.Client, task_id: str) -> None:
@@ -466,6 +446,33 @@ def test_unknown_list_parameters_change_nothing_about_whose_rows_you_see(
     assert_clean(response, 200)
     assert_only_own(response, MALLORY)
     assert not {task["id"] for task in response.json()} & set(victim_ids)
+
+
+def test_surrogates_in_the_path_query_and_body_are_never_a_5xx(http: httpx.Client) -> None:
+    """%ED%A0%80 would be U+D800 in UTF-8, which is not UTF-8: the server decodes the path
+    and the query with U+FFFD in its place. Only JSON's "\\ud800" can carry a surrogate."""
+    token = bearer(make_token(MALLORY))
+    replaced = "\ufffd" * 3
+    # In the path, an ordinary user id of three U+FFFD: not mallory's, but its own token's.
+    response = http.get("/api/%ED%A0%80/tasks", headers=token)
+    assert_clean(response, 403)
+    assert response.json() == FORBIDDEN
+    response = http.get("/api/%ED%A0%80/tasks", headers=bearer(make_token(replaced)))
+    assert_clean(response, 200)
+    assert response.json() == []
+    # In a query value (refused, and echoed as replaced) and a query name (ignored).
+    response = http.get(f"/api/{MALLORY}/tasks?status=%ED%A0%80", headers=token)
+    assert_clean(response, 422)
+    assert response.json()["detail"][0]["input"] == replaced
+    assert_clean(http.get(f"/api/{MALLORY}/tasks?%ED%A0%80=1", headers=token), 200)
+    # In JSON, a real surrogate: a 422 naming the field.
+    response = http.post(
+        f"/api/{MALLORY}/tasks",
+        content=json.dumps({"title": "\ud800"}).encode(),
+        headers={**token, "Content-Type": "application/json"},
+    )
+    assert_clean(response, 422)
+    assert [error["loc"] for error in response.json()["detail"]] == [["body", "title"]]
 
 
 def test_a_body_naming_the_victim_is_refused_and_writes_nothing(

@@ -6,9 +6,8 @@ TokenVerifier, as requests would be."""
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,9 +22,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from app.auth import InvalidToken, TokenVerifier
+from app.auth import KEY_SOURCE_UNAVAILABLE, InvalidToken, TokenVerifier
 from app.config import Settings
+from app.keys import KeySourceUnavailable, RemoteKeySet
 from tests.conftest import DbUrls, http_client, make_settings, running_app
+from tests.tokens import forge
 
 ISSUER = "https://idp.test"
 AUDIENCE = "todo-api"
@@ -69,12 +70,17 @@ EC = Key("ES256", "ec-1")
 
 
 class JwksServer:
-    """Serves a JWKS document that the test can change, break, and count requests to."""
+    """Serves a JWKS document that the test can change, break, and count requests to.
+
+    `down`: answers 503. `stalled`: answers 200 and then sends the body a byte at a time,
+    each well within any read timeout, for as long as it stays stalled. `document` may be
+    any JSON, or bytes to send as they are."""
 
     def __init__(self, keys: list[Key]) -> None:
-        self.document: dict[str, Any] = {"keys": [key.jwk for key in keys]}
+        self.document: Any = {"keys": [key.jwk for key in keys]}
         self.requests = 0
         self.down = False
+        self.stalled = False
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -84,7 +90,20 @@ class JwksServer:
                     self.send_response(503)
                     self.end_headers()
                     return
-                body = json.dumps(server.document).encode()
+                if server.stalled:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000000")
+                    self.end_headers()
+                    while server.stalled:
+                        try:
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                        except OSError:
+                            return
+                        time.sleep(0.05)
+                    return
+                document = server.document
+                body = document if isinstance(document, bytes) else json.dumps(document).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -103,6 +122,7 @@ class JwksServer:
         self.document = {"keys": [key.jwk for key in keys]}
 
     def close(self) -> None:
+        self.stalled = False
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -128,11 +148,13 @@ def settings_for(**overrides: Any) -> Settings:
 
 
 async def outcome(verifier: TokenVerifier, token: str) -> str:
-    """The subject, or the reason the token was refused."""
+    """The subject, the reason the token was refused, or why it could not be verified."""
     try:
         return await verifier.subject(token)
     except InvalidToken as exc:
         return f"refused: {exc}"
+    except KeySourceUnavailable as exc:
+        return f"unavailable: {exc}"
 
 
 @pytest.mark.parametrize("key", [ED, RSA, EC], ids=["EdDSA", "RS256", "ES256"])
@@ -189,13 +211,89 @@ async def test_cached_keys_survive_a_jwks_outage(jwks_server: JwksServer) -> Non
     await verifier.aclose()
 
 
-async def test_an_unreachable_jwks_refuses_tokens_cleanly_until_it_answers(jwks_server: JwksServer) -> None:
+async def test_an_unreachable_jwks_leaves_tokens_undecided_not_refused_until_it_answers(
+    jwks_server: JwksServer,
+) -> None:
     jwks_server.down = True
     verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url, jwks_min_refresh_seconds=0))
-    assert await outcome(verifier, ED.sign()) == "refused: token signing key is not known"
+    # No key was ever fetched: the token may be good, so it is not refused (a 503, not a 401).
+    assert await outcome(verifier, ED.sign()) == "unavailable: HTTP 503"
+    assert await verifier.key_source_unavailable() == "HTTP 503"
     jwks_server.down = False
     assert await outcome(verifier, ED.sign()) == "alice"
+    assert await verifier.key_source_unavailable() is None
     await verifier.aclose()
+
+
+async def test_an_unknown_kid_is_401_when_the_provider_answered_and_undecided_when_it_did_not(
+    jwks_server: JwksServer,
+) -> None:
+    verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url, jwks_min_refresh_seconds=0))
+    unknown = Key("EdDSA", "ed-unknown")
+    assert await outcome(verifier, ED.sign()) == "alice"
+    # Fetched, and the set simply lacks the kid: the token's fault.
+    assert await outcome(verifier, unknown.sign()) == "refused: token signing key is not known"
+    jwks_server.down = True
+    # Cached keys still decide the tokens they can...
+    assert await outcome(verifier, ED.sign()) == "alice"
+    assert await verifier.key_source_unavailable() is None
+    # ...but a kid they lack may be a new key the provider cannot be asked for.
+    assert await outcome(verifier, unknown.sign()) == "unavailable: HTTP 503"
+    jwks_server.down = False
+    assert await outcome(verifier, unknown.sign()) == "refused: token signing key is not known"
+    await verifier.aclose()
+
+
+async def test_retry_after_is_when_the_next_fetch_may_be_made(jwks_server: JwksServer) -> None:
+    jwks_server.down = True
+    verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url, jwks_min_refresh_seconds=60))
+    for _ in range(3):
+        with pytest.raises(KeySourceUnavailable) as unavailable:
+            await verifier.subject(ED.sign())
+        assert 58 <= unavailable.value.retry_after <= 60
+    assert jwks_server.requests == 1  # the rate limit holds while the provider is down
+    await verifier.aclose()
+
+
+NOT_KEY_SETS = {
+    "not JSON": (b"<html>", "not JSON"),
+    "a list": ([ED.jwk], "the JWKS is not a JSON object"),
+    "keys not a list": ({"keys": "x"}, "Invalid JWK Set value"),
+    "no keys": ({"keys": []}, "The JWK Set did not contain any keys"),
+    "only an HMAC key": (
+        {"keys": [{"kty": "oct", "kid": "oct-1", "k": "c2VjcmV0"}]},
+        "the JWKS has no asymmetric signing key",
+    ),
+    "alg a list": ({"keys": [{**ED.jwk, "alg": ["EdDSA"]}]}, "TypeError"),
+    "kid a list": ({"keys": [{**ED.jwk, "kid": ["ed-1"]}]}, "TypeError"),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_KEY_SETS))
+async def test_a_document_that_is_no_key_set_is_a_failed_fetch(jwks_server: JwksServer, case: str) -> None:
+    document, reason = NOT_KEY_SETS[case]
+    verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url, jwks_min_refresh_seconds=0))
+    jwks_server.document = document
+    assert await outcome(verifier, ED.sign()) == f"unavailable: {reason}"
+    assert await verifier.key_source_unavailable() == reason
+    # After a good fetch, such a document keeps the keys that were fetched.
+    jwks_server.publish(ED)
+    assert await outcome(verifier, ED.sign()) == "alice"
+    jwks_server.document = document
+    assert await outcome(verifier, Key("EdDSA", "ed-new").sign()) == f"unavailable: {reason}"
+    assert await outcome(verifier, ED.sign()) == "alice"
+    await verifier.aclose()
+
+
+async def test_a_fetch_that_never_finishes_is_cut_off_by_the_timeout(jwks_server: JwksServer) -> None:
+    """httpx's timeout bounds each read; a server that sends a byte now and then would keep
+    a fetch (and every request waiting on it) going for ever without a bound on the whole."""
+    jwks_server.stalled = True
+    keys = RemoteKeySet(jwks_server.url, min_refresh_seconds=0, timeout=0.5)
+    started = time.monotonic()
+    assert await keys.unavailable() == "timed out"
+    assert time.monotonic() - started < 2
+    await keys.aclose()
 
 
 async def test_a_token_without_kid_is_accepted_only_against_a_single_key(jwks_server: JwksServer) -> None:
@@ -209,18 +307,6 @@ async def test_a_token_without_kid_is_accepted_only_against_a_single_key(jwks_se
 # --- algorithm confusion ------------------------------------------------------------
 
 
-def hs256_with_secret(secret: bytes, claims: dict[str, Any], kid: str | None = None) -> str:
-    """HS256 by hand: PyJWT itself refuses to use a public key as an HMAC secret."""
-
-    def b64(data: bytes) -> str:
-        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-    header = {"alg": "HS256", "typ": "JWT", **({"kid": kid} if kid else {})}
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
-    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64(signature)}"
-
-
 def claims(sub: str = "alice") -> dict[str, Any]:
     now = int(time.time())
     return {"sub": sub, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300}
@@ -228,16 +314,17 @@ def claims(sub: str = "alice") -> dict[str, Any]:
 
 @pytest.mark.parametrize("key", [ED, RSA, EC], ids=["EdDSA", "RS256", "ES256"])
 async def test_hs256_signed_with_the_public_key_is_refused(jwks_server: JwksServer, key: Key) -> None:
+    # Forged by hand: PyJWT itself refuses to use a public key as an HMAC secret.
     as_secret = [key.public_pem, json.dumps(key.jwk).encode()]
     # Without a shared secret configured, HS256 is not accepted at all...
     verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url))
     for secret in as_secret:
-        token = hs256_with_secret(secret, claims(), kid=key.kid)
+        token = forge({"alg": "HS256", "typ": "JWT", "kid": key.kid}, claims(), key=secret)
         assert await outcome(verifier, token) == "refused: token algorithm is not accepted"
     # ...and with one, it is checked against that secret, never against a JWKS key.
     both = TokenVerifier(settings_for(jwks_url=jwks_server.url, jwt_secret="s" * 40))
     for secret in as_secret:
-        token = hs256_with_secret(secret, claims(), kid=key.kid)
+        token = forge({"alg": "HS256", "typ": "JWT", "kid": key.kid}, claims(), key=secret)
         assert await outcome(both, token) == "refused: token signature is invalid"
     await verifier.aclose()
     await both.aclose()
@@ -267,7 +354,7 @@ async def test_an_hmac_key_in_the_jwks_is_never_used() -> None:
     secret = b"shared-secret-that-is-long-enough-0123456789"
     oct_key = {"kty": "oct", "kid": "oct-1", "k": base64.urlsafe_b64encode(secret).rstrip(b"=").decode()}
     verifier = TokenVerifier(settings_for(jwks={"keys": [oct_key, ED.jwk]}))
-    token = hs256_with_secret(secret, claims(), kid="oct-1")
+    token = forge({"alg": "HS256", "typ": "JWT", "kid": "oct-1"}, claims(), key=secret)
     assert await outcome(verifier, token) == "refused: token algorithm is not accepted"
 
 
@@ -333,9 +420,77 @@ async def test_better_auth_jwt_plugin_tokens_open_the_api(db_url: DbUrls) -> Non
             listed = await client.get("/api/ba-user-1/tasks", headers=headers)
             assert [task["title"] for task in listed.json()] == ["from Better Auth"]
             # An HS256 token is refused: no shared secret is configured.
-            hs = httpx.Headers(
-                {"Authorization": "Bearer " + hs256_with_secret(b"x" * 40, claims("ba-user-1"))}
-            )
+            hs256 = forge({"alg": "HS256", "typ": "JWT"}, claims("ba-user-1"), key=b"x" * 40)
+            hs = httpx.Headers({"Authorization": f"Bearer {hs256}"})
             assert (await client.get("/api/ba-user-1/tasks", headers=hs)).status_code == 401
     finally:
         server.close()
+
+
+# --- end to end: the provider down ---------------------------------------------------
+
+
+def provider_settings(db_url: DbUrls, url: str, **overrides: Any) -> Settings:
+    return make_settings(
+        db_url, jwt_secret=None, jwks_url=url, jwt_issuer=ISSUER, jwt_audience=AUDIENCE, **overrides
+    )
+
+
+async def test_a_provider_down_from_the_start_is_503_and_not_ready_until_it_answers(
+    db_url: DbUrls, jwks_server: JwksServer
+) -> None:
+    # A cache that goes stale at once: every request after the first fetch tries another.
+    settings = provider_settings(db_url, jwks_server.url, jwks_cache_seconds=0.01, jwks_min_refresh_seconds=0)
+    headers = {"Authorization": f"Bearer {ED.sign()}"}
+    jwks_server.down = True
+    async with running_app(settings) as app, http_client(app) as client:
+        response = await client.get("/api/alice/tasks", headers=headers)
+        assert response.status_code == 503
+        assert response.json() == {"detail": KEY_SOURCE_UNAVAILABLE}
+        assert response.headers["Retry-After"] == "1"
+        assert "WWW-Authenticate" not in response.headers  # the token was not refused
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json() == {"detail": "the token key source (JWKS_URL) is unavailable: HTTP 503"}
+
+        jwks_server.down = False
+        assert (await client.get("/readyz")).json()["status"] == "ready"
+        assert (await client.get("/api/alice/tasks", headers=headers)).status_code == 200
+
+        # Down again, after a fetch: the cached keys keep serving, and the instance stays
+        # ready, although every request now tries the provider and fails.
+        jwks_server.down = True
+        requests = jwks_server.requests
+        for key in (ED, RSA, EC):
+            response = await client.get("/api/alice/tasks", headers={"Authorization": f"Bearer {key.sign()}"})
+            assert response.status_code == 200, response.text
+        assert (await client.get("/readyz")).json()["status"] == "ready"
+        assert jwks_server.requests > requests
+
+
+async def test_readyz_tries_the_provider_no_more_often_than_the_refresh_limit(
+    db_url: DbUrls, jwks_server: JwksServer
+) -> None:
+    jwks_server.down = True
+    settings = provider_settings(db_url, jwks_server.url, jwks_min_refresh_seconds=60)
+    async with running_app(settings) as app, http_client(app) as client:
+        for _ in range(3):
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json() == {"detail": "the token key source (JWKS_URL) is unavailable: HTTP 503"}
+        response = await client.get("/api/alice/tasks", headers={"Authorization": f"Bearer {ED.sign()}"})
+        assert response.status_code == 503
+        assert 58 <= int(response.headers["Retry-After"]) <= 60
+    assert jwks_server.requests == 1
+
+
+async def test_readyz_names_a_provider_that_refuses_connections(db_url: DbUrls) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Nothing listens on the port now.
+    settings = provider_settings(db_url, f"http://127.0.0.1:{port}/jwks")
+    async with running_app(settings) as app, http_client(app) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json() == {"detail": "the token key source (JWKS_URL) is unavailable: ConnectError"}

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from app.auth import TokenVerifier
 from app.paths import MIGRATIONS_DIR
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ _VERSION_UNREADABLE = {
 
 @router.get("/readyz", response_model=Ready)
 async def readyz(request: Request) -> Any:
-    """The database answers as the runtime role and its migrations are at the code's head."""
+    """The database answers as the runtime role and its migrations are at the code's head,
+    and the identity provider's keys (JWKS_URL) are at hand."""
     settings = request.app.state.settings
     role = "?"
     try:
@@ -84,4 +86,13 @@ async def readyz(request: Request) -> Any:
             f"the database's migrations are at {', '.join(sorted(versions)) or 'nothing'}, "
             f"the code's at {', '.join(sorted(expected))}; run `todo-api migrate`"
         )
+    # Without a single key from JWKS_URL, every token the provider signs is a 503: a load
+    # balancer should send the requests to an instance that has keys. Once keys were
+    # fetched, an outage of the provider is no reason: the cached keys keep serving. The
+    # check may fetch (at most once per JWKS_MIN_REFRESH_SECONDS, bounded by a timeout),
+    # so probing a new instance is what warms it.
+    verifier: TokenVerifier = request.app.state.token_verifier
+    unavailable = await verifier.key_source_unavailable()
+    if unavailable is not None:
+        return _not_ready(f"the token key source (JWKS_URL) is unavailable: {unavailable}")
     return Ready(status="ready", database_role=role, migration=", ".join(sorted(versions)))

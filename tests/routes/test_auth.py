@@ -1,7 +1,5 @@
 """Who may call the task routes: every 401 variant, and 403 on another user's path."""
 
-import base64
-import json
 import logging
 
 import httpx
@@ -9,7 +7,7 @@ import jwt
 import pytest
 
 from tests.conftest import DbUrls, http_client, make_settings, running_app
-from tests.tokens import OMIT, TEST_SECRET, auth, make_token
+from tests.tokens import OMIT, TEST_SECRET, auth, forge, make_token
 
 ROUTES = [
     ("GET", "/api/alice/tasks"),
@@ -22,14 +20,8 @@ ROUTES = [
 ]
 
 
-def _b64(data: dict[str, object]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
-
-
-def unsigned_token(sub: str = "alice") -> str:
-    """`alg: none`: header and claims with an empty signature."""
-    return f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64({'sub': sub, 'exp': 9999999999})}."
-
+# Valid claims for alice: each token below is refused for its header alone.
+CLAIMS = {"sub": "alice", "exp": 9999999999}
 
 BAD_TOKENS = {
     "malformed": ("not-a-jwt", "malformed token"),
@@ -39,7 +31,10 @@ BAD_TOKENS = {
         "token signature is invalid",
     ),
     "expired": (make_token(ttl=-120), "token has expired"),
-    "alg none": (unsigned_token(), "token algorithm is not accepted"),
+    "alg none": (
+        forge({"alg": "none", "typ": "JWT"}, CLAIMS, signature=""),
+        "token algorithm is not accepted",
+    ),
     "wrong algorithm": (
         make_token(secret=TEST_SECRET * 2, algorithm="HS512"),
         "token algorithm is not accepted",
@@ -49,6 +44,14 @@ BAD_TOKENS = {
     "empty sub": (make_token(sub=""), "token 'sub' must be 1 to 255 characters, without NUL"),
     "numeric sub": (make_token(sub=42), "token 'sub' must be a string"),
     "not yet valid": (make_token(nbf=9999999999), "token is not valid yet"),
+    # Headers that PyJWT refuses while reading them, not only when it decodes.
+    "kid a number": (forge({"alg": "HS256", "kid": 5}, CLAIMS), "malformed token"),
+    "kid a list": (forge({"alg": "HS256", "kid": ["a"]}, CLAIMS), "malformed token"),
+    "crit naming a claim": (forge({"alg": "HS256", "crit": ["exp"]}, CLAIMS), "malformed token"),
+    "crit empty": (forge({"alg": "HS256", "crit": []}, CLAIMS), "malformed token"),
+    "crit not a list": (forge({"alg": "HS256", "crit": "x"}, CLAIMS), "malformed token"),
+    "crit b64 without b64": (forge({"alg": "HS256", "crit": ["b64"]}, CLAIMS), "malformed token"),
+    "b64 false": (forge({"alg": "HS256", "crit": ["b64"], "b64": False}, CLAIMS), "malformed token"),
 }
 
 
