@@ -168,6 +168,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422, `{"detail": [field errors]}`, written whatever the input held."""
     assert isinstance(exc, RequestValidationError)
     errors = _encodable(jsonable_encoder(exc.errors()))
+    for error in errors:
+        # A password is not sent back, not even to whoever sent it: responses end up in
+        # proxies' and browsers' logs and caches.
+        if isinstance(error, dict) and "password" in error.get("loc", ()):
+            error.pop("input", None)
     return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 

@@ -37,19 +37,19 @@ def raw_json(body: Any, headers: dict[str, str] | None = None) -> dict[str, Any]
 
 
 def surrogate_error(field: str, sent: str) -> dict[str, Any]:
-    """The 422 for `sent` in `field`: the field named, the input echoed with U+FFFD."""
+    """The 422 for `sent` in `field`: the field named, the input echoed with U+FFFD (but
+    never a password)."""
     position = sent.index("\ud800")
-    return {
-        "detail": [
-            {
-                "type": "string_unicode",
-                "loc": ["body", field],
-                "msg": f"String should be valid Unicode, but has a lone surrogate at position {position}",
-                "input": sent.replace("\ud800", "\ufffd"),
-                "ctx": {"position": position},
-            }
-        ]
+    error = {
+        "type": "string_unicode",
+        "loc": ["body", field],
+        "msg": f"String should be valid Unicode, but has a lone surrogate at position {position}",
+        "input": sent.replace("\ud800", "\ufffd"),
+        "ctx": {"position": position},
     }
+    if field == "password":
+        del error["input"]
+    return {"detail": [error]}
 
 
 def rows(admin_conn: psycopg.Connection, table: str) -> list[str]:

@@ -61,6 +61,17 @@ async def test_register_returns_the_account_and_never_the_hash(api: httpx.AsyncC
     assert "argon2" not in response.text and PASSWORD not in response.text
 
 
+async def test_a_refused_password_is_not_sent_back(api: httpx.AsyncClient) -> None:
+    too_long = "correct horse battery staple " * 5
+    response = await api.post(
+        "/api/auth/register", json={"email": "alice@example.com", "password": too_long, "name": "Alice"}
+    )
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "password"] and error["type"] == "string_too_long"
+    assert "input" not in error and "correct horse" not in response.text
+
+
 async def test_password_is_stored_as_argon2id(api: httpx.AsyncClient, admin_conn: psycopg.Connection) -> None:
     await register(api)
     (stored,) = admin_conn.execute("select password_hash from account_passwords").fetchone()  # type: ignore[misc]
