@@ -88,9 +88,8 @@ begin
   reset all;
   unlisten *;
   perform pg_catalog.pg_advisory_unlock_all();
-  for leftover in select c.name from pg_catalog.pg_cursors c where c.is_holdable loop
-    execute 'close ' || pg_catalog.quote_ident(leftover.name);
-  end loop;
+  -- Cursors WITH HOLD (the portal running this statement is active, and stays open).
+  execute 'close all';
   for leftover in select s.name from pg_catalog.pg_prepared_statements s where s.from_sql loop
     execute 'deallocate ' || pg_catalog.quote_ident(leftover.name);
     prepared_with_sql := true;
