@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import OWNER_ROLE, RUNTIME_ROLE, Settings
 from app.database import create_engine
 from app.embedded import bootstrap
+from app.keys import SigningKey
 from app.main import create_app
 from app.migrate import install_context_key, upgrade
 from app.session import UserSessions
@@ -222,4 +223,26 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with http_client(app) as client:
+        yield client
+
+
+# Built-in accounts: the service's own signing key, made once for the test session.
+SIGNING_PEM = SigningKey.generate_pem().decode()
+
+
+@pytest.fixture
+def accounts_settings(db_url: DbUrls) -> Settings:
+    """Built-in accounts on, their rate limit off (the rate-limit tests set their own)."""
+    return make_settings(db_url, accounts_enabled=True, token_signing_key=SIGNING_PEM, rate_limit_auth="")
+
+
+@pytest.fixture
+async def accounts_app(accounts_settings: Settings) -> AsyncIterator[FastAPI]:
+    async with running_app(accounts_settings) as app:
+        yield app
+
+
+@pytest.fixture
+async def api(accounts_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with http_client(accounts_app) as client:
         yield client

@@ -28,12 +28,11 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from app.keys import SigningKey
-from tests.conftest import missing_tool
+from tests.conftest import SIGNING_PEM, missing_tool
 from tests.live_server import LiveService, live_service
 
 PASSWORD = "correct horse battery"
-SIGNING_PEM = SigningKey.generate_pem().decode()
+
 # Built-in accounts on, and the shipped rate limits: a page load's requests must pass them.
 service = live_service("docs_page", accounts_enabled=True, token_signing_key=SIGNING_PEM)
 

@@ -6,23 +6,18 @@ bytes that are not UTF-8 (%ED%A0%80 would be a surrogate) never become one: the 
 decodes them to U+FFFD (tests/test_attacks.py sends them to a real server)."""
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from fastapi import FastAPI
 from pydantic import ValidationError
 from sqlmodel import SQLModel
 
-from app.keys import SigningKey
 from app.models import AccountCreate, TaskCreate, TaskReplace, TaskUpdate
-from tests.conftest import DbUrls, http_client, make_settings, running_app
 from tests.tokens import auth, forge
 
 ALICE = auth("alice")
-SIGNING_PEM = SigningKey.generate_pem().decode()
 PASSWORD = "correct horse battery"
 REQUEST_MODELS: list[type[SQLModel]] = [TaskCreate, TaskReplace, TaskUpdate, AccountCreate]
 
@@ -151,19 +146,6 @@ async def test_a_422_echoes_any_input_even_one_no_validator_of_ours_looked_at(
 
 
 # --- built-in accounts -----------------------------------------------------------------
-
-
-@pytest.fixture
-async def accounts_app(db_url: DbUrls) -> AsyncIterator[FastAPI]:
-    settings = make_settings(db_url, accounts_enabled=True, token_signing_key=SIGNING_PEM, rate_limit_auth="")
-    async with running_app(settings) as app:
-        yield app
-
-
-@pytest.fixture
-async def api(accounts_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with http_client(accounts_app) as client:
-        yield client
 
 
 @pytest.mark.parametrize(

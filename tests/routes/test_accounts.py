@@ -2,7 +2,6 @@
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import jwt
@@ -12,31 +11,12 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from app.config import Settings
-from app.keys import SigningKey
 from app.main import create_app
 from app.session import UserSessions
-from tests.conftest import DbUrls, http_client, make_settings, running_app
+from tests.conftest import SIGNING_PEM, DbUrls, make_settings, running_app
 from tests.test_limits import client_from
 
-SIGNING_PEM = SigningKey.generate_pem().decode()
 PASSWORD = "correct horse battery"
-
-
-@pytest.fixture
-def accounts_settings(db_url: DbUrls) -> Settings:
-    return make_settings(db_url, accounts_enabled=True, token_signing_key=SIGNING_PEM, rate_limit_auth="")
-
-
-@pytest.fixture
-async def accounts_app(accounts_settings: Settings) -> AsyncIterator[FastAPI]:
-    async with running_app(accounts_settings) as app:
-        yield app
-
-
-@pytest.fixture
-async def api(accounts_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with http_client(accounts_app) as client:
-        yield client
 
 
 async def register(api: httpx.AsyncClient, email: str = "Alice@Example.com", **body: str) -> httpx.Response:
@@ -289,16 +269,22 @@ async def test_during_an_attack_on_an_email_its_owner_logs_in_from_another_addre
             assert (await log_in(owner)).status_code == 200
 
 
+async def spend_email(app: FastAPI) -> None:
+    """Register alice, then fail her log-in from three addresses: her email's failures
+    are spent (limited_settings allows three)."""
+    async with client_from(app) as client:
+        assert (await register(client)).status_code == 201
+    for n in range(3):
+        async with client_from(app, f"203.0.113.{n}") as attacker:
+            assert (await log_in(attacker, password="guess")).status_code == 401
+
+
 async def test_once_an_email_has_failed_enough_the_addresses_that_failed_are_held_off(db_url: DbUrls) -> None:
     """Failures from many addresses, each under its own limit: the email's count holds
     off every address that failed for it, gives a new address one try, and lets the
     owner in."""
     async with running_app(limited_settings(db_url)) as app:
-        async with client_from(app) as client:
-            assert (await register(client)).status_code == 201
-        for n in range(3):
-            async with client_from(app, f"203.0.113.{n}") as attacker:
-                assert (await log_in(attacker, password="guess")).status_code == 401
+        await spend_email(app)
         for n in range(3):
             async with client_from(app, f"203.0.113.{n}") as attacker:
                 assert_login_limited(await log_in(attacker, password="another guess"))
@@ -315,11 +301,7 @@ async def test_a_new_address_gets_one_try_at_a_spent_email_even_all_at_once(db_u
     """Its try is marked before the password is verified, so concurrent guesses from it
     cannot all pass while the first is being verified."""
     async with running_app(limited_settings(db_url)) as app:
-        async with client_from(app) as client:
-            assert (await register(client)).status_code == 201
-        for n in range(3):
-            async with client_from(app, f"203.0.113.{n}") as attacker:
-                assert (await log_in(attacker, password="guess")).status_code == 401
+        await spend_email(app)
         async with client_from(app, "203.0.113.60") as fresh:
             guesses = await asyncio.gather(*(log_in(fresh, password=f"guess {n}") for n in range(3)))
         assert sorted(response.status_code for response in guesses) == [401, 429, 429]
