@@ -1,5 +1,7 @@
 """The application factory: assembles settings, token verification, the database and routes."""
 
+import hashlib
+import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -88,6 +90,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.rls_context_key is None:
         raise ValueError("RLS_CONTEXT_KEY is not set")
     context_key = settings.rls_context_key.get_secret_value().encode()
+    # The key of the tasks' ETags (app/routes/tasks.py): derived, so that no ETag is an
+    # HMAC under the context key itself.
+    etag_key = hmac.new(context_key, b"todo-api etag", hashlib.sha256).digest()
     allowed_hosts = settings.allowed_host_patterns()
     signing_key = None
     if settings.accounts:
@@ -123,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.etag_key = etag_key
     app.state.token_verifier = token_verifier
     app.state.signing_key = signing_key
     install_error_handlers(app)

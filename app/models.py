@@ -91,13 +91,14 @@ class TaskReplace(SQLModel):
     completed: bool = False
 
 
-def _non_null_branch(schema: dict[str, Any]) -> None:
+def drop_null_branch(schema: dict[str, Any]) -> None:
+    """For a JSON schema of `X | None` whose None only means "not sent": the schema of X."""
     schema.update(next(branch for branch in schema.pop("anyOf") if branch.get("type") != "null"))
 
 
 # For a PATCH field that may be left out (None is only its default) but not sent as null:
 # the OpenAPI document then says what the validator enforces.
-_NEVER_NULL = pydantic.Field(json_schema_extra=_non_null_branch)
+_NEVER_NULL = pydantic.Field(json_schema_extra=drop_null_branch)
 
 
 class TaskUpdate(SQLModel):

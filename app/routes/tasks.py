@@ -14,17 +14,20 @@ the query itself (bench/README.md, "Optimisation log"); `response_model` still d
 the shape, and the route tests hold every field to it.
 """
 
+import hashlib
+import hmac
+import re
 from enum import StrEnum
 from functools import cache
 from typing import Annotated, Any, cast
 from urllib.parse import quote
 
 from asyncpg import Record
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response, status
 
 from app.auth import CurrentSubject, require_path_owner
 from app.errors import NotFound
-from app.models import TaskCreate, TaskPublic, TaskReplace, TaskUpdate
+from app.models import TaskCreate, TaskPublic, TaskReplace, TaskUpdate, drop_null_branch
 from app.session import UserConnection
 
 router = APIRouter(
@@ -39,7 +42,30 @@ router = APIRouter(
 
 TaskId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The task's id")]
 TASK_NOT_FOUND = "Task not found"
+_ETAG_HEADER = {"ETag": {"description": "The task's version", "schema": {"type": "string"}}}
 _NOT_FOUND_RESPONSE: dict[int | str, dict[str, Any]] = {404: {"description": TASK_NOT_FOUND}}
+# What a write of one task may answer besides its own success.
+_WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_NOT_FOUND_RESPONSE,
+    412: {"description": "If-Match does not match the task's current ETag: nothing changed"},
+}
+# `*`, or a list of entity tags (RFC 9110, 8.8.3). A value that names no entity tag
+# matches none: If-Match then fails (412, nothing changes), If-None-Match passes.
+IfMatch = Annotated[
+    str | None,
+    Header(
+        # Left out, not null: a header cannot be sent as null.
+        json_schema_extra=drop_null_branch,
+        description="Change the task only if its ETag is one of these (or `*`); else 412",
+    ),
+]
+IfNoneMatch = Annotated[
+    str | None,
+    Header(
+        json_schema_extra=drop_null_branch,
+        description="304 with no body if the task's ETag is one of these (or `*`)",
+    ),
+]
 
 
 class StatusFilter(StrEnum):
@@ -91,11 +117,16 @@ def _public(row: str) -> str:
 
 
 def _one(statement: str) -> str:
-    """`statement` (which yields tasks rows) answering its row's id and JSON."""
+    """`statement` (which yields tasks rows and their `version`, the row's xmin) answering
+    its row's id, JSON and version."""
     return (
         f"with t as ({statement})"  # noqa: S608
-        f" select t.id, row_to_json(p)::text from t, lateral ({_public('t')}) p"
+        f" select t.id, row_to_json(p)::text, t.version from t, lateral ({_public('t')}) p"
     )
+
+
+# The row version an ETag is made of: xmin, which every update of the row changes.
+_VERSION = "tasks.xmin::text as version"
 
 
 @cache
@@ -124,19 +155,22 @@ def _list_sql(owner_filter: str, status_filter: StatusFilter, sort: SortField, o
 def _create_sql() -> str:
     columns = ["user_id", *TaskCreate.model_fields]
     values = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    return _one(f"insert into public.tasks ({', '.join(columns)}) values ({values}) returning *")  # noqa: S608
+    return _one(
+        f"insert into public.tasks as tasks ({', '.join(columns)}) values ({values})"  # noqa: S608
+        f" returning *, {_VERSION}"
+    )
 
 
 @cache
 def _get_sql(owner_filter: str) -> str:
-    return _one(f"select * from public.tasks tasks where tasks.id = $2 and {owner_filter}")  # noqa: S608
+    return _one(f"select *, {_VERSION} from public.tasks tasks where tasks.id = $2 and {owner_filter}")  # noqa: S608
 
 
 @cache
 def _update_sql(owner_filter: str, assignments: str) -> str:
     return _one(
         f"update public.tasks tasks set {assignments}updated_at = now()"  # noqa: S608
-        f" where tasks.id = $2 and {owner_filter} returning *"
+        f" where tasks.id = $2 and {owner_filter} returning *, {_VERSION}"
     )
 
 
@@ -146,8 +180,54 @@ def _set(fields: tuple[str, ...]) -> str:
 
 
 @cache
+def _lock_sql(owner_filter: str) -> str:
+    """The task's version, its row locked until the transaction ends: what If-Match is
+    checked against, so that no other request changes it between the check and the write."""
+    return f"select {_VERSION} from public.tasks tasks where tasks.id = $2 and {owner_filter} for update"  # noqa: S608
+
+
+@cache
 def _delete_sql(owner_filter: str) -> str:
     return f"delete from public.tasks tasks where tasks.id = $2 and {owner_filter} returning tasks.id"  # noqa: S608
+
+
+# --- versions: ETag, If-Match, If-None-Match ------------------------------------------
+
+_TAG = re.compile(r'(W/)?"([!#-~]*)"')
+
+
+def _etag(request: Request, task_id: int, version: str) -> str:
+    """A strong ETag for this version of the task. Not the row version itself: xmin is a
+    transaction id, a counter of every user's writes, which it would show to anyone (as
+    the task ids do for creations). An HMAC of it under a key of the service's reveals
+    nothing and cannot be made up."""
+    key: bytes = request.app.state.etag_key
+    return '"' + hmac.new(key, f"{task_id}:{version}".encode(), hashlib.sha256).hexdigest()[:32] + '"'
+
+
+def _matches(header: str, etag: str, *, weak: bool) -> bool:
+    """Whether `header` (If-Match, If-None-Match) names `etag`: `*` names any; If-Match
+    compares strongly (a weak tag never matches), If-None-Match weakly (RFC 9110, 8.8.3)."""
+    if header.strip() == "*":
+        return True
+    return any(f'"{opaque}"' == etag and (weak or not is_weak) for is_weak, opaque in _TAG.findall(header))
+
+
+async def _check_if_match(
+    request: Request, connection: UserConnection, if_match: str | None, subject: str, task_id: int
+) -> None:
+    """412 unless the task's current ETag is one that If-Match names; the row stays locked
+    until the request's transaction ends."""
+    if if_match is None:
+        return
+    version = await connection.fetchval(_lock_sql(OWNER_FILTER), subject, task_id)
+    if version is None:
+        raise NotFound(TASK_NOT_FOUND)  # the same 404 as without If-Match
+    if not _matches(if_match, _etag(request, task_id, version), weak=False):
+        raise HTTPException(
+            status.HTTP_412_PRECONDITION_FAILED,
+            detail="the task has changed since that ETag: nothing changed",
+        )
 
 
 # --- the routes ----------------------------------------------------------------------
@@ -203,63 +283,121 @@ async def list_tasks(
     return Response(content=body, media_type="application/json", headers=headers)
 
 
-@router.post("", response_model=TaskPublic, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    response_model=TaskPublic,
+    status_code=status.HTTP_201_CREATED,
+    responses={201: {"headers": _ETAG_HEADER}},
+)
 async def create_task(
     body: TaskCreate, request: Request, connection: UserConnection, subject: CurrentSubject
 ) -> Response:
     """Create a task."""
     row = await connection.fetchrow(_create_sql(), subject, *body.model_dump().values())
     # An insert ... returning of one row: a row, or an error.
-    task_id, task = cast(Record, row)
+    task_id, task, version = cast(Record, row)
     # Percent-encoded: a user id may hold any character, and a header only Latin-1.
     owner = quote(subject, safe="")
     response = _json(task, status.HTTP_201_CREATED)
     response.headers["Location"] = str(request.url_for("get_task", user_id=owner, task_id=str(task_id)))
+    response.headers["ETag"] = _etag(request, task_id, version)
     return response
 
 
-@router.get("/{task_id}", response_model=TaskPublic, responses=_NOT_FOUND_RESPONSE)
-async def get_task(task_id: TaskId, connection: UserConnection, subject: CurrentSubject) -> Response:
+@router.get(
+    "/{task_id}",
+    response_model=TaskPublic,
+    responses={
+        **_NOT_FOUND_RESPONSE,
+        200: {"headers": _ETAG_HEADER},
+        304: {"description": "If-None-Match names the task's current ETag"},
+    },
+)
+async def get_task(
+    task_id: TaskId,
+    request: Request,
+    connection: UserConnection,
+    subject: CurrentSubject,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
     """Get one task."""
-    return await _one_task(connection, _get_sql(OWNER_FILTER), subject, task_id)
+    response = await _one_task(request, connection, _get_sql(OWNER_FILTER), subject, task_id)
+    etag = response.headers["ETag"]
+    if if_none_match is not None and _matches(if_none_match, etag, weak=True):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+    return response
 
 
-async def _one_task(connection: UserConnection, statement: str, *values: object) -> Response:
+async def _one_task(
+    request: Request, connection: UserConnection, statement: str, *values: object
+) -> Response:
     row = await connection.fetchrow(statement, *values)
     if row is None:
         raise NotFound(TASK_NOT_FOUND)
-    return _json(row[1])
+    task_id, task, version = row
+    response = _json(task)
+    response.headers["ETag"] = _etag(request, task_id, version)
+    return response
 
 
-@router.put("/{task_id}", response_model=TaskPublic, responses=_NOT_FOUND_RESPONSE)
+_WRITTEN: dict[int | str, dict[str, Any]] = {**_WRITE_RESPONSES, 200: {"headers": _ETAG_HEADER}}
+
+
+@router.put("/{task_id}", response_model=TaskPublic, responses=_WRITTEN)
 async def replace_task(
-    task_id: TaskId, body: TaskReplace, connection: UserConnection, subject: CurrentSubject
+    task_id: TaskId,
+    body: TaskReplace,
+    request: Request,
+    connection: UserConnection,
+    subject: CurrentSubject,
+    if_match: IfMatch = None,
 ) -> Response:
     """Replace a task's title, description and completed flag."""
+    await _check_if_match(request, connection, if_match, subject, task_id)
     values = body.model_dump()
     statement = _update_sql(OWNER_FILTER, _set(tuple(values)))
-    return await _one_task(connection, statement, subject, task_id, *values.values())
+    return await _one_task(request, connection, statement, subject, task_id, *values.values())
 
 
-@router.patch("/{task_id}", response_model=TaskPublic, responses=_NOT_FOUND_RESPONSE)
+@router.patch("/{task_id}", response_model=TaskPublic, responses=_WRITTEN)
 async def update_task(
-    task_id: TaskId, body: TaskUpdate, connection: UserConnection, subject: CurrentSubject
+    task_id: TaskId,
+    body: TaskUpdate,
+    request: Request,
+    connection: UserConnection,
+    subject: CurrentSubject,
+    if_match: IfMatch = None,
 ) -> Response:
     """Change some of a task's fields."""
+    await _check_if_match(request, connection, if_match, subject, task_id)
     values = body.model_dump(exclude_unset=True)
     statement = _update_sql(OWNER_FILTER, _set(tuple(values)))
-    return await _one_task(connection, statement, subject, task_id, *values.values())
+    return await _one_task(request, connection, statement, subject, task_id, *values.values())
 
 
-@router.patch("/{task_id}/complete", response_model=TaskPublic, responses=_NOT_FOUND_RESPONSE)
-async def toggle_task(task_id: TaskId, connection: UserConnection, subject: CurrentSubject) -> Response:
+@router.patch("/{task_id}/complete", response_model=TaskPublic, responses=_WRITTEN)
+async def toggle_task(
+    task_id: TaskId,
+    request: Request,
+    connection: UserConnection,
+    subject: CurrentSubject,
+    if_match: IfMatch = None,
+) -> Response:
     """Toggle a task between pending and completed."""
+    await _check_if_match(request, connection, if_match, subject, task_id)
     statement = _update_sql(OWNER_FILTER, "completed = not tasks.completed, ")
-    return await _one_task(connection, statement, subject, task_id)
+    return await _one_task(request, connection, statement, subject, task_id)
 
 
-@router.delete("/{task_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND_RESPONSE)
-async def delete_task(task_id: TaskId, connection: UserConnection, subject: CurrentSubject) -> None:
+@router.delete("/{task_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_WRITE_RESPONSES)
+async def delete_task(
+    task_id: TaskId,
+    request: Request,
+    connection: UserConnection,
+    subject: CurrentSubject,
+    if_match: IfMatch = None,
+) -> None:
     """Delete a task."""
+    await _check_if_match(request, connection, if_match, subject, task_id)
     if await connection.fetchval(_delete_sql(OWNER_FILTER), subject, task_id) is None:
         raise NotFound(TASK_NOT_FOUND)
