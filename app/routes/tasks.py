@@ -343,6 +343,20 @@ async def _one_task(
 _WRITTEN: dict[int | str, dict[str, Any]] = {**_WRITE_RESPONSES, 200: {"headers": _ETAG_HEADER}}
 
 
+async def _write(
+    request: Request,
+    connection: UserConnection,
+    subject: str,
+    task_id: int,
+    if_match: str | None,
+    values: dict[str, Any],
+) -> Response:
+    """PUT and PATCH: set `values` (model field names) on the task, after If-Match."""
+    await _check_if_match(request, connection, if_match, subject, task_id)
+    statement = _update_sql(OWNER_FILTER, _set(tuple(values)))
+    return await _one_task(request, connection, statement, subject, task_id, *values.values())
+
+
 @router.put("/{task_id}", response_model=TaskPublic, responses=_WRITTEN)
 async def replace_task(
     task_id: TaskId,
@@ -353,10 +367,7 @@ async def replace_task(
     if_match: IfMatch = None,
 ) -> Response:
     """Replace a task's title, description and completed flag."""
-    await _check_if_match(request, connection, if_match, subject, task_id)
-    values = body.model_dump()
-    statement = _update_sql(OWNER_FILTER, _set(tuple(values)))
-    return await _one_task(request, connection, statement, subject, task_id, *values.values())
+    return await _write(request, connection, subject, task_id, if_match, body.model_dump())
 
 
 @router.patch("/{task_id}", response_model=TaskPublic, responses=_WRITTEN)
@@ -369,10 +380,7 @@ async def update_task(
     if_match: IfMatch = None,
 ) -> Response:
     """Change some of a task's fields."""
-    await _check_if_match(request, connection, if_match, subject, task_id)
-    values = body.model_dump(exclude_unset=True)
-    statement = _update_sql(OWNER_FILTER, _set(tuple(values)))
-    return await _one_task(request, connection, statement, subject, task_id, *values.values())
+    return await _write(request, connection, subject, task_id, if_match, body.model_dump(exclude_unset=True))
 
 
 @router.patch("/{task_id}/complete", response_model=TaskPublic, responses=_WRITTEN)
