@@ -1,12 +1,13 @@
 """The tasks table and the shapes a task takes on the way in and out of the API."""
 
+import re
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pydantic
-from pydantic import BeforeValidator, EmailStr, StringConstraints, field_validator
+from pydantic import AwareDatetime, BeforeValidator, EmailStr, StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
-from sqlalchemy import BigInteger, Column, DateTime, Identity, String, func, text
+from sqlalchemy import BigInteger, Column, DateTime, Enum, Identity, String, func, text
 from sqlmodel import Field, SQLModel
 
 if TYPE_CHECKING:
@@ -44,6 +45,25 @@ Title = Annotated[
     ValidUnicode,
 ]
 Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX, pattern=_NO_NUL), ValidUnicode]
+# High first when sorted by priority (the database's enum orders them low < medium < high).
+Priority = Annotated[Literal["low", "medium", "high"], ValidUnicode]
+PRIORITIES: tuple[str, ...] = ("low", "medium", "high")
+
+
+def _iso_text(value: object) -> object:
+    # Pydantic's lax mode would also take a number, or a numeric string, as a Unix time.
+    if isinstance(value, str) and not _ISO_DATE_TIME.match(value):
+        raise PydanticCustomError("datetime_from_date_parsing", "Input should be an ISO 8601 date-time")
+    if not isinstance(value, str | datetime):
+        raise PydanticCustomError("datetime_type", "Input should be an ISO 8601 date-time string")
+    return value
+
+
+_ISO_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T")
+# An ISO 8601 date-time with an offset (a naive one is a 422 naming the field). Not
+# strict, unlike the rest of a body (JSON has no date-time type, only its text), but
+# text only.
+DueAt = Annotated[AwareDatetime, pydantic.Field(strict=False), BeforeValidator(_iso_text), ValidUnicode]
 
 
 class Task(SQLModel, table=True):
@@ -58,6 +78,15 @@ class Task(SQLModel, table=True):
     title: str = Field(sa_column=Column(String(TITLE_MAX), nullable=False))
     description: str | None = Field(default=None, sa_column=Column(String(DESCRIPTION_MAX)))
     completed: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    priority: str = Field(
+        default="medium",
+        sa_column=Column(
+            Enum(*PRIORITIES, name="task_priority", create_type=False),
+            nullable=False,
+            server_default="medium",
+        ),
+    )
+    due_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     created_at: datetime | None = Field(
         default=None,
         sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -79,6 +108,8 @@ class TaskCreate(SQLModel):
 
     title: Title
     description: Description | None = None
+    priority: Priority = "medium"
+    due_at: DueAt | None = None
 
 
 class TaskReplace(SQLModel):
@@ -89,6 +120,8 @@ class TaskReplace(SQLModel):
     title: Title
     description: Description | None = None
     completed: bool = False
+    priority: Priority = "medium"
+    due_at: DueAt | None = None
 
 
 def drop_null_branch(schema: dict[str, Any]) -> None:
@@ -109,8 +142,11 @@ class TaskUpdate(SQLModel):
     title: Annotated[Title | None, _NEVER_NULL] = None
     description: Description | None = None
     completed: Annotated[bool | None, _NEVER_NULL] = None
+    priority: Annotated[Priority | None, _NEVER_NULL] = None
+    # null: no due date any more.
+    due_at: DueAt | None = None
 
-    @field_validator("title", "completed", mode="before")
+    @field_validator("title", "completed", "priority", mode="before")
     @classmethod
     def _not_null(cls, value: object) -> object:
         # Left out means "unchanged"; an explicit null would mean "no title", which no task has.
@@ -125,6 +161,8 @@ class TaskPublic(SQLModel):
     title: str
     description: str | None
     completed: bool
+    priority: Priority
+    due_at: datetime | None
     created_at: datetime
     updated_at: datetime
 

@@ -27,7 +27,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 
 from app.auth import CurrentSubject, require_path_owner
 from app.errors import NotFound
-from app.models import TaskCreate, TaskPublic, TaskReplace, TaskUpdate, drop_null_branch
+from app.models import DueAt, Priority, TaskCreate, TaskPublic, TaskReplace, TaskUpdate, drop_null_branch
 from app.session import UserConnection
 
 router = APIRouter(
@@ -80,6 +80,8 @@ class SortField(StrEnum):
     # The member shadows str.title, which nothing calls on a SortField; "title" is the
     # API's value.
     title = "title"  # type: ignore[assignment]
+    due = "due"
+    priority = "priority"
 
 
 class SortOrder(StrEnum):
@@ -94,7 +96,22 @@ class SortOrder(StrEnum):
 
 OWNER_FILTER = "tasks.user_id = $1"
 
-_SORT_COLUMNS = {SortField.created: "created_at", SortField.updated: "updated_at", SortField.title: "title"}
+_SORT_COLUMNS = {
+    SortField.created: "created_at",
+    SortField.updated: "updated_at",
+    SortField.title: "title",
+    SortField.due: "due_at",
+    SortField.priority: "priority",
+}
+# Where `order` is not given: the newest first, titles A to Z, the soonest due first,
+# the highest priority first.
+_DEFAULT_ORDER = {
+    SortField.created: "desc",
+    SortField.updated: "desc",
+    SortField.title: "asc",
+    SortField.due: "asc",
+    SortField.priority: "desc",
+}
 _STATUS_FILTERS = {
     StatusFilter.all: "",
     StatusFilter.pending: " and not tasks.completed",
@@ -110,7 +127,7 @@ def _public(row: str) -> str:
     fields = []
     for name in TaskPublic.model_fields:
         value = f"{row}.{name}"
-        if name in ("created_at", "updated_at"):
+        if name in ("created_at", "updated_at", "due_at"):
             value = f"to_char({value} at time zone 'UTC', '{_UTC_TIMESTAMP}')"
         fields.append(f"{value} as {name}")
     return "select " + ", ".join(fields)
@@ -129,15 +146,38 @@ def _one(statement: str) -> str:
 _VERSION = "tasks.xmin::text as version"
 
 
+# The optional filters of a list, each one condition on its own bound parameter: their
+# statement has $4, $5, ... in this order, for those given.
+_OPTIONAL_FILTERS = {
+    "priority": "tasks.priority = any(${}::task_priority[])",
+    "due_before": "tasks.due_at < ${}",
+    "due_after": "tasks.due_at > ${}",
+}
+
+
 @cache
-def _list_sql(owner_filter: str, status_filter: StatusFilter, sort: SortField, order: SortOrder) -> str:
-    """$1 the user, $2 limit, $3 offset: the page as a JSON array, and the count of all
-    the user's tasks that pass the filter."""
+def _list_sql(
+    owner_filter: str,
+    status_filter: StatusFilter,
+    sort: SortField,
+    order: SortOrder,
+    filters: tuple[str, ...] = (),
+    overdue: bool = False,
+) -> str:
+    """$1 the user, $2 limit, $3 offset, then one parameter per name in `filters` (keys
+    of _OPTIONAL_FILTERS): the page as a JSON array, and the count of all the user's
+    tasks that pass the filter."""
     column, direction = _SORT_COLUMNS[sort], order.value
-    where = f"where {owner_filter}{_STATUS_FILTERS[status_filter]}"
+    conditions = [f"{owner_filter}{_STATUS_FILTERS[status_filter]}"]
+    conditions += [_OPTIONAL_FILTERS[name].format(n) for n, name in enumerate(filters, start=4)]
+    if overdue:
+        conditions.append("tasks.due_at < statement_timestamp() and not tasks.completed")
+    where = "where " + " and ".join(conditions)
+    # Tasks with no due date come last whichever the order.
+    nulls = " nulls last" if sort is SortField.due else ""
 
     def order_by(table: str) -> str:
-        return f"order by {table}.{column} {direction}, {table}.id {direction}"
+        return f"order by {table}.{column} {direction}{nulls}, {table}.id {direction}"
 
     # The page reads only its own rows, in index order; the count is a scan of its own,
     # of the index alone where the table is vacuumed, rather than of every row the user has.
@@ -266,17 +306,33 @@ async def list_tasks(
     connection: UserConnection,
     subject: CurrentSubject,
     status_filter: Annotated[StatusFilter, Query(alias="status")] = StatusFilter.all,
+    priority: Annotated[
+        list[Priority] | None, Query(description="Any of these priorities (repeat the parameter)")
+    ] = None,
+    due_before: Annotated[
+        DueAt | None, Query(description="Due before this date-time (with an offset)")
+    ] = None,
+    due_after: Annotated[DueAt | None, Query(description="Due after this date-time (with an offset)")] = None,
+    overdue: Annotated[bool, Query(description="Only tasks due in the past and not completed")] = False,
     sort: SortField = SortField.created,
-    order: Annotated[SortOrder | None, Query(description="Default: desc for dates, asc for title")] = None,
+    order: Annotated[
+        SortOrder | None,
+        Query(
+            description="Default: desc for created, updated and priority (high first); asc for title and due"
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Response:
     """List your tasks."""
     if order is None:
-        order = SortOrder.asc if sort is SortField.title else SortOrder.desc
-    statement = _list_sql(OWNER_FILTER, status_filter, sort, order)
+        order = SortOrder(_DEFAULT_ORDER[sort])
+    given = {"priority": priority, "due_before": due_before, "due_after": due_after}
+    filters = tuple(name for name, value in given.items() if value is not None)
+    statement = _list_sql(OWNER_FILTER, status_filter, sort, order, filters, overdue)
+    values = [given[name] for name in filters]
     # An aggregate over the page: always one row.
-    body, total = cast(Record, await connection.fetchrow(statement, subject, limit, offset))
+    body, total = cast(Record, await connection.fetchrow(statement, subject, limit, offset, *values))
     headers = {"X-Total-Count": str(total)}
     if links := _page_links(request, total, limit, offset):
         headers["Link"] = links
@@ -366,7 +422,7 @@ async def replace_task(
     subject: CurrentSubject,
     if_match: IfMatch = None,
 ) -> Response:
-    """Replace a task's title, description and completed flag."""
+    """Replace a task's fields (those left out take their defaults)."""
     return await _write(request, connection, subject, task_id, if_match, body.model_dump())
 
 

@@ -7,8 +7,6 @@ Create Date: 2026-11-21
 
 from collections.abc import Sequence
 
-from app.migrate import apply_sql
-
 revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
@@ -16,9 +14,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    apply_sql("policies/tasks.sql")
+    # It applied sql/policies/tasks.sql, which now names columns of revision 0007: that
+    # revision applies it (see 0001). A database past this revision already has it.
+    pass
 
 
 def downgrade() -> None:
-    # Revision 0001 applies today's policies/tasks.sql too: nothing to undo.
     pass

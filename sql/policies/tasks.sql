@@ -11,8 +11,8 @@ alter table tasks force row level security;
 -- check sees every row, row-level security or not); user_id is fixed once written.
 revoke all on tasks from todo_app;
 grant select, delete on tasks to todo_app;
-grant insert (user_id, title, description, completed) on tasks to todo_app;
-grant update (title, description, completed, updated_at) on tasks to todo_app;
+grant insert (user_id, title, description, completed, priority, due_at) on tasks to todo_app;
+grant update (title, description, completed, priority, due_at, updated_at) on tasks to todo_app;
 
 drop policy if exists tasks_select_own on tasks;
 create policy tasks_select_own on tasks

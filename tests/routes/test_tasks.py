@@ -35,7 +35,17 @@ async def test_create_returns_the_task_and_its_location(client: httpx.AsyncClien
     )
     assert response.status_code == 201
     task = response.json()
-    assert set(task) == {"id", "user_id", "title", "description", "completed", "created_at", "updated_at"}
+    assert set(task) == {
+        "id",
+        "user_id",
+        "title",
+        "description",
+        "completed",
+        "priority",
+        "due_at",
+        "created_at",
+        "updated_at",
+    }
     assert isinstance(task["id"], int)
     assert task["user_id"] == "alice"
     assert task["title"] == "Buy milk"  # trimmed
