@@ -74,6 +74,16 @@ async def _end(connection: asyncpg.Connection, statement: str) -> bool:
     return True
 
 
+async def _end_after(connection: asyncpg.Connection, error: BaseException) -> bool:
+    """Roll back after `error` where the connection allows it; whether it may then serve
+    another request. Not after an error that may leave it mid-statement or gone (closing
+    it ends its transaction on the server too), nor after one of its driver's statements
+    went missing (SQL in an earlier request deallocated it)."""
+    if not _in_step(error) or isinstance(error, asyncpg.InvalidSQLStatementNameError):
+        return False
+    return await _end(connection, ROLLBACK)
+
+
 def _in_step(error: BaseException) -> bool:
     """Whether the connection is still in step with the server after `error`: after an
     error PostgreSQL reported, or one of the route's own, it is, and a rollback ends the
@@ -119,17 +129,13 @@ class UserSessions:
             # request, so another connection serves it.
             pooled, connection = await self._begin(user_id)
         # Whether the transaction ended and the clean-up ran, so that the connection may
-        # serve another request. Not after an error that may leave it mid-statement or
-        # gone (then closing it ends its transaction on the server too), nor after one
-        # of its driver's statements went missing.
+        # serve another request.
         reusable = False
         try:
             try:
                 yield connection
             except BaseException as exc:
-                if _in_step(exc):
-                    clean = await _end(connection, ROLLBACK)
-                    reusable = clean and not isinstance(exc, asyncpg.InvalidSQLStatementNameError)
+                reusable = await _end_after(connection, exc)
                 raise
             reusable = await _end(connection, COMMIT)
         finally:
@@ -146,8 +152,7 @@ class UserSessions:
         except BaseException as exc:
             reusable = False
             try:
-                if _in_step(exc) and not isinstance(exc, asyncpg.InvalidSQLStatementNameError):
-                    reusable = await _end(connection, ROLLBACK)
+                reusable = await _end_after(connection, exc)
             finally:
                 await _release(pooled, reusable)
             raise

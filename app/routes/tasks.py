@@ -106,11 +106,11 @@ _SORT_COLUMNS = {
 # Where `order` is not given: the newest first, titles A to Z, the soonest due first,
 # the highest priority first.
 _DEFAULT_ORDER = {
-    SortField.created: "desc",
-    SortField.updated: "desc",
-    SortField.title: "asc",
-    SortField.due: "asc",
-    SortField.priority: "desc",
+    SortField.created: SortOrder.desc,
+    SortField.updated: SortOrder.desc,
+    SortField.title: SortOrder.asc,
+    SortField.due: SortOrder.asc,
+    SortField.priority: SortOrder.desc,
 }
 _STATUS_FILTERS = {
     StatusFilter.all: "",
@@ -326,7 +326,7 @@ async def list_tasks(
 ) -> Response:
     """List your tasks."""
     if order is None:
-        order = SortOrder(_DEFAULT_ORDER[sort])
+        order = _DEFAULT_ORDER[sort]
     given = {"priority": priority, "due_before": due_before, "due_after": due_after}
     filters = tuple(name for name, value in given.items() if value is not None)
     statement = _list_sql(OWNER_FILTER, status_filter, sort, order, filters, overdue)
