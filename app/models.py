@@ -1,13 +1,21 @@
 """The tasks table and the shapes a task takes on the way in and out of the API."""
 
 import re
+import unicodedata
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pydantic
-from pydantic import AwareDatetime, BeforeValidator, EmailStr, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    EmailStr,
+    StringConstraints,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
-from sqlalchemy import BigInteger, Column, DateTime, Enum, Identity, String, func, text
+from sqlalchemy import BigInteger, Column, DateTime, Enum, Identity, SmallInteger, String, func, text
 from sqlmodel import Field, SQLModel
 
 if TYPE_CHECKING:
@@ -16,6 +24,8 @@ if TYPE_CHECKING:
 
 TITLE_MAX = 200
 DESCRIPTION_MAX = 1000
+TAG_MAX = 50
+TAGS_PER_TASK = 20
 
 
 def _refuse_lone_surrogates(value: object) -> object:
@@ -50,6 +60,46 @@ Priority = Annotated[Literal["low", "medium", "high"], ValidUnicode]
 PRIORITIES: tuple[str, ...] = ("low", "medium", "high")
 
 
+Recurrence = Annotated[Literal["daily", "weekly", "monthly"], ValidUnicode]
+RECURRENCES: tuple[str, ...] = ("daily", "weekly", "monthly")
+
+_NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
+# A tag's name: 1..50 characters once trimmed, no control characters (C0, DEL, C1).
+TagName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=TAG_MAX, pattern=_NO_CONTROL),
+    ValidUnicode,
+]
+
+
+# What a person types to search their tasks (the list's `q`).
+SearchText = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=_NO_NUL), ValidUnicode
+]
+
+
+def fold_tag(name: str) -> str:
+    """What tag names are matched by: "Work", "WORK" and "work" are one tag. Folded here
+    rather than with the database's lower(), which on a database of the C locale (the
+    embedded server's) folds ASCII letters only; every way in folds through this."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+
+def _one_spelling_each(names: list[str]) -> list[str]:
+    # Case-insensitively one of each, the first spelling kept.
+    seen: dict[str, str] = {}
+    for name in names:
+        seen.setdefault(fold_tag(name), name)
+    return list(seen.values())
+
+
+Tags = Annotated[
+    list[TagName],
+    pydantic.Field(max_length=TAGS_PER_TASK, description="Tag names; at most 20, matched case-insensitively"),
+    AfterValidator(_one_spelling_each),
+]
+
+
 def _iso_text(value: object) -> object:
     # Pydantic's lax mode would also take a number, or a numeric string, as a Unix time.
     if isinstance(value, str) and not _ISO_DATE_TIME.match(value):
@@ -69,12 +119,13 @@ DueAt = Annotated[AwareDatetime, pydantic.Field(strict=False), BeforeValidator(_
 class Task(SQLModel, table=True):
     __tablename__ = "tasks"
 
+    # The owner. Row-level security compares it with app.current_user_id(); the API fills
+    # it from the token, never from a request body. First in the primary key, which every
+    # foreign key to a task names, so that no row of one user can point at another's.
+    user_id: str = Field(sa_column=Column(String(255), primary_key=True))
     id: int | None = Field(
         default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True)
     )
-    # The owner. Row-level security compares it with app.current_user_id(); the API fills
-    # it from the token, never from a request body.
-    user_id: str = Field(sa_column=Column(String(255), nullable=False))
     title: str = Field(sa_column=Column(String(TITLE_MAX), nullable=False))
     description: str | None = Field(default=None, sa_column=Column(String(DESCRIPTION_MAX)))
     completed: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
@@ -87,6 +138,11 @@ class Task(SQLModel, table=True):
         ),
     )
     due_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    recurrence: str | None = Field(
+        default=None, sa_column=Column(Enum(*RECURRENCES, name="task_recurrence", create_type=False))
+    )
+    recurrence_day: int | None = Field(default=None, sa_column=Column(SmallInteger))
+    next_task_id: int | None = Field(default=None, sa_column=Column(BigInteger))
     created_at: datetime | None = Field(
         default=None,
         sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -97,10 +153,45 @@ class Task(SQLModel, table=True):
     )
 
 
+class Tag(SQLModel, table=True):
+    """A user's tag (sql/policies/tags.sql). Tasks carry it through task_tags."""
+
+    __tablename__ = "tags"
+
+    user_id: str = Field(sa_column=Column(String(255), primary_key=True))
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True)
+    )
+    name: str = Field(sa_column=Column(String(TAG_MAX), nullable=False))
+    folded: str = Field(sa_column=Column(String(200), nullable=False))
+    created_at: datetime | None = Field(
+        default=None,
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+
+class TaskTag(SQLModel, table=True):
+    """Task task_id of user user_id carries tag tag_id of the same user."""
+
+    __tablename__ = "task_tags"
+
+    user_id: str = Field(sa_column=Column(String(255), primary_key=True))
+    task_id: int = Field(sa_column=Column(BigInteger, primary_key=True))
+    tag_id: int = Field(sa_column=Column(BigInteger, primary_key=True))
+
+
 # Request bodies refuse fields they do not name (so `user_id` and `id` in a body are a
 # 422 naming the field) and take JSON types as they are, with no coercion.
 # A dict of SQLModel's config type: a pydantic ConfigDict is, for mypy, not one.
 _REQUEST: "SQLModelConfig" = {"extra": "forbid", "strict": True}
+
+
+def _recurrence_needs_due_at(recurrence: str | None, info: pydantic.ValidationInfo) -> str | None:
+    # due_at comes before recurrence, so it is validated first (absent from info.data if it
+    # was invalid: that error is reported on its own).
+    if recurrence is not None and "due_at" in info.data and info.data["due_at"] is None:
+        raise PydanticCustomError("recurrence_without_due_at", "A recurring task needs a due_at")
+    return recurrence
 
 
 class TaskCreate(SQLModel):
@@ -110,6 +201,11 @@ class TaskCreate(SQLModel):
     description: Description | None = None
     priority: Priority = "medium"
     due_at: DueAt | None = None
+    tags: Tags = []
+    # Needs a due_at: completing the task makes the next one, due a period later.
+    recurrence: Recurrence | None = None
+
+    _check_recurrence = field_validator("recurrence")(_recurrence_needs_due_at)
 
 
 class TaskReplace(SQLModel):
@@ -122,6 +218,10 @@ class TaskReplace(SQLModel):
     completed: bool = False
     priority: Priority = "medium"
     due_at: DueAt | None = None
+    tags: Tags = []
+    recurrence: Recurrence | None = None
+
+    _check_recurrence = field_validator("recurrence")(_recurrence_needs_due_at)
 
 
 def drop_null_branch(schema: dict[str, Any]) -> None:
@@ -145,8 +245,12 @@ class TaskUpdate(SQLModel):
     priority: Annotated[Priority | None, _NEVER_NULL] = None
     # null: no due date any more.
     due_at: DueAt | None = None
+    # The whole list: it replaces the task's tags ([] removes them all).
+    tags: Annotated[Tags | None, _NEVER_NULL] = None
+    # null: the task no longer recurs.
+    recurrence: Recurrence | None = None
 
-    @field_validator("title", "completed", "priority", mode="before")
+    @field_validator("title", "completed", "priority", "tags", mode="before")
     @classmethod
     def _not_null(cls, value: object) -> object:
         # Left out means "unchanged"; an explicit null would mean "no title", which no task has.
@@ -163,8 +267,24 @@ class TaskPublic(SQLModel):
     completed: bool
     priority: Priority
     due_at: datetime | None
+    tags: list[str] = pydantic.Field(description="Sorted case-insensitively")
+    recurrence: Recurrence | None
+    next_task_id: int | None = pydantic.Field(
+        description="The task that completing this recurring one created: the next occurrence"
+    )
     created_at: datetime
     updated_at: datetime
+
+
+class TagPublic(SQLModel):
+    name: str
+    tasks: int = pydantic.Field(description="How many of your tasks carry it")
+
+
+class TagRename(SQLModel):
+    model_config = _REQUEST
+
+    name: TagName
 
 
 class Account(SQLModel, table=True):

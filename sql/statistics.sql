@@ -11,16 +11,25 @@
 --
 -- Safe to run again: migrations re-apply this file whenever it changes.
 
-alter table tasks alter column title set statistics 0;
-alter table tasks alter column description set statistics 0;
-
--- A statistics target of 0 stops ANALYZE from gathering more, but keeps what it
--- gathered before; PostgreSQL 18 lets the table's owner clear it.
+-- Tags' names are free text too. The list is of the columns of every revision: this
+-- file is applied by revisions older than some of them, so a missing table is skipped.
 do $$
+declare
+  target record;
 begin
-  if current_setting('server_version_num')::int >= 180000 then
-    perform pg_clear_attribute_stats('public', 'tasks', column_name::name, false)
-    from unnest(array['title', 'description']) column_name;
-  end if;
+  for target in
+    select t.table_name, t.column_name
+    from (values ('tasks', 'title'), ('tasks', 'description'), ('tags', 'name'), ('tags', 'folded'))
+           as t(table_name, column_name)
+    where to_regclass('public.' || t.table_name) is not null
+  loop
+    execute 'alter table public.' || quote_ident(target.table_name)
+            || ' alter column ' || quote_ident(target.column_name) || ' set statistics 0';
+    -- A statistics target of 0 stops ANALYZE from gathering more, but keeps what it
+    -- gathered before; PostgreSQL 18 lets the table's owner clear it.
+    if current_setting('server_version_num')::int >= 180000 then
+      perform pg_clear_attribute_stats('public', target.table_name::name, target.column_name::name, false);
+    end if;
+  end loop;
 end
 $$;

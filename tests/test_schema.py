@@ -40,7 +40,7 @@ DEFINER_TABLES = {"accounts", "account_passwords"}
 
 
 def test_there_is_user_data_to_guard(admin_conn: psycopg.Connection) -> None:
-    assert tables_with_user_id(admin_conn) == ["account_passwords", "accounts", "tasks"]
+    assert tables_with_user_id(admin_conn) == ["account_passwords", "accounts", "tags", "task_tags", "tasks"]
 
 
 def test_every_user_table_has_rls_enabled_forced_and_a_policy_for_every_command_granted(

@@ -3,9 +3,9 @@
 Each route sends one fixed statement, written here in SQL, with the caller's id as $1.
 Every table is named with its schema (public.tasks): a name that resolved through the
 session's search_path could be shadowed by an object of the caller's (docs/security.md).
-The explicit owner filter in them (OWNER_FILTER) is defense in depth and the planner's
-way to the (user_id, ...) indexes; tests/test_rls.py swaps it for one that passes every
-row and shows that isolation holds without it.
+The explicit owner filter in them (OWNER_FILTER, for each table a statement reads) is
+defense in depth and the planner's way to the (user_id, ...) indexes; tests/test_rls.py
+swaps it for one that passes every row and shows that isolation holds without it.
 
 PostgreSQL writes the response bodies: each statement returns its task (or page of
 tasks) already as JSON text in the shape of TaskPublic, which the route sends as it is.
@@ -24,10 +24,23 @@ from urllib.parse import quote
 
 from asyncpg import Record
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 
 from app.auth import CurrentSubject, require_path_owner
 from app.errors import NotFound
-from app.models import DueAt, Priority, TaskCreate, TaskPublic, TaskReplace, TaskUpdate, drop_null_branch
+from app.models import (
+    TAGS_PER_TASK,
+    DueAt,
+    Priority,
+    SearchText,
+    TagName,
+    TaskCreate,
+    TaskPublic,
+    TaskReplace,
+    TaskUpdate,
+    drop_null_branch,
+    fold_tag,
+)
 from app.session import UserConnection
 
 router = APIRouter(
@@ -82,6 +95,8 @@ class SortField(StrEnum):
     title = "title"  # type: ignore[assignment]
     due = "due"
     priority = "priority"
+    # With q only: the best matches first.
+    relevance = "relevance"
 
 
 class SortOrder(StrEnum):
@@ -94,14 +109,20 @@ class SortOrder(StrEnum):
 # values, which are all bound parameters: hence the `noqa: S608`s. Cached, so each
 # variant is built once.
 
-OWNER_FILTER = "tasks.user_id = $1"
+# {} is the table (its alias in the statement).
+OWNER_FILTER = "{}.user_id = $1"
+
+
+def _owner(owner_filter: str, table: str) -> str:
+    return owner_filter.format(table)
+
 
 _SORT_COLUMNS = {
-    SortField.created: "created_at",
-    SortField.updated: "updated_at",
-    SortField.title: "title",
-    SortField.due: "due_at",
-    SortField.priority: "priority",
+    SortField.created: "tasks.created_at",
+    SortField.updated: "tasks.updated_at",
+    SortField.title: "tasks.title",
+    SortField.due: "tasks.due_at",
+    SortField.priority: "tasks.priority",
 }
 # Where `order` is not given: the newest first, titles A to Z, the soonest due first,
 # the highest priority first.
@@ -111,6 +132,7 @@ _DEFAULT_ORDER = {
     SortField.title: SortOrder.asc,
     SortField.due: SortOrder.asc,
     SortField.priority: SortOrder.desc,
+    SortField.relevance: SortOrder.desc,
 }
 _STATUS_FILTERS = {
     StatusFilter.all: "",
@@ -121,6 +143,15 @@ _STATUS_FILTERS = {
 _UTC_TIMESTAMP = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
 
 
+def _tag_names(row: str) -> str:
+    """The names of the tags task `row` carries, sorted as the API answers them."""
+    return (
+        "(select coalesce(array_agg(g.name order by g.folded, g.name), array[]::text[])"  # noqa: S608
+        " from public.task_tags tt join public.tags g on g.user_id = tt.user_id and g.id = tt.tag_id"
+        f" where tt.user_id = {row}.user_id and tt.task_id = {row}.id)"
+    )
+
+
 def _public(row: str) -> str:
     """A subquery of TaskPublic's fields of `row` (a tasks row), in TaskPublic's order:
     row_to_json writes it as the response, compact as FastAPI writes JSON."""
@@ -129,16 +160,19 @@ def _public(row: str) -> str:
         value = f"{row}.{name}"
         if name in ("created_at", "updated_at", "due_at"):
             value = f"to_char({value} at time zone 'UTC', '{_UTC_TIMESTAMP}')"
+        elif name == "tags":
+            value = _tag_names(row)
         fields.append(f"{value} as {name}")
     return "select " + ", ".join(fields)
 
 
-def _one(statement: str) -> str:
+def _one(statement: str, *, more: str = "", join: str = "") -> str:
     """`statement` (which yields tasks rows and their `version`, the row's xmin) answering
-    its row's id, JSON and version."""
+    its row's id, JSON and version; and `more`, columns of `t` (the row) and of what
+    `join` names (other CTEs of one row each)."""
     return (
         f"with t as ({statement})"  # noqa: S608
-        f" select t.id, row_to_json(p)::text, t.version from t, lateral ({_public('t')}) p"
+        f" select t.id, row_to_json(p)::text, t.version{more} from t{join}, lateral ({_public('t')}) p"
     )
 
 
@@ -146,12 +180,33 @@ def _one(statement: str) -> str:
 _VERSION = "tasks.xmin::text as version"
 
 
+# What full-text search matches (sql/task_functions.sql), and how well.
+_SEARCH_VECTOR = "app.task_search_vector(tasks.title, tasks.description)"
+
+
+def _search_query(n: int) -> str:
+    # A subquery: the query is made once per statement, not once per row.
+    return f"(select app.task_search_query(${n}))"
+
+
 # The optional filters of a list, each one condition on its own bound parameter: their
-# statement has $4, $5, ... in this order, for those given.
+# statement has $4, $5, ... in this order, for those given. {n} is the parameter,
+# {owner} the owner filter of the table the condition names.
 _OPTIONAL_FILTERS = {
-    "priority": "tasks.priority = any(${}::task_priority[])",
-    "due_before": "tasks.due_at < ${}",
-    "due_after": "tasks.due_at > ${}",
+    "priority": "tasks.priority = any(${n}::task_priority[])",
+    "due_before": "tasks.due_at < ${n}",
+    "due_after": "tasks.due_at > ${n}",
+    # All of the tags: of the user's links to any of them, a task needs one per tag.
+    # ${n} holds each folded name once.
+    "tag": (
+        "tasks.id in (select tt.task_id from public.task_tags tt"
+        " join public.tags g on g.user_id = tt.user_id and g.id = tt.tag_id"
+        " where {owner} and g.folded = any(${n}::text[])"
+        " group by tt.task_id having count(*) = cardinality(${n}::text[]))"
+    ),
+    # The user's tasks are read through a (user_id, ...) index and each is matched
+    # here: a search reads no other user's rows or index entries (bench/README.md).
+    "q": _SEARCH_VECTOR + " @@ {query}",
 }
 
 
@@ -167,68 +222,134 @@ def _list_sql(
     """$1 the user, $2 limit, $3 offset, then one parameter per name in `filters` (keys
     of _OPTIONAL_FILTERS): the page as a JSON array, and the count of all the user's
     tasks that pass the filter."""
-    column, direction = _SORT_COLUMNS[sort], order.value
-    conditions = [f"{owner_filter}{_STATUS_FILTERS[status_filter]}"]
-    conditions += [_OPTIONAL_FILTERS[name].format(n) for n, name in enumerate(filters, start=4)]
+    direction = order.value
+    conditions = [f"{_owner(owner_filter, 'tasks')}{_STATUS_FILTERS[status_filter]}"]
+    params = {name: n for n, name in enumerate(filters, start=4)}
+    for name, n in params.items():
+        condition = _OPTIONAL_FILTERS[name]
+        conditions.append(condition.format(n=n, owner=_owner(owner_filter, "tt"), query=_search_query(n)))
     if overdue:
         conditions.append("tasks.due_at < statement_timestamp() and not tasks.completed")
     where = "where " + " and ".join(conditions)
+    if sort is SortField.relevance:
+        sort_key = f"ts_rank({_SEARCH_VECTOR}, {_search_query(params['q'])})"
+    else:
+        sort_key = _SORT_COLUMNS[sort]
     # Tasks with no due date come last whichever the order.
     nulls = " nulls last" if sort is SortField.due else ""
 
-    def order_by(table: str) -> str:
-        return f"order by {table}.{column} {direction}{nulls}, {table}.id {direction}"
-
     # The page reads only its own rows, in index order; the count is a scan of its own,
     # of the index alone where the table is vacuumed, rather than of every row the user has.
-    page = f"select * from public.tasks tasks {where} {order_by('tasks')} limit $2 offset $3"  # noqa: S608
+    page = (
+        f"select tasks.*, {sort_key} as sort_key from public.tasks tasks {where}"  # noqa: S608
+        f" order by {sort_key} {direction}{nulls}, tasks.id {direction} limit $2 offset $3"
+    )
     return (
         f"with page as ({page})"  # noqa: S608
         # string_agg rather than json_agg, which puts a line break between elements.
-        f" select coalesce('[' || string_agg(row_to_json(p)::text, ',' {order_by('page')}) || ']', '[]'),"
+        " select coalesce('[' || string_agg(row_to_json(p)::text, ','"
+        f" order by page.sort_key {direction}{nulls}, page.id {direction}) || ']', '[]'),"
         f" (select count(*) from public.tasks tasks {where})"
         f" from page, lateral ({_public('page')}) p"
     )
 
 
+# The columns a request's body sets directly; tags go through app.set_task_tags.
+_CREATED = ("user_id", *(name for name in TaskCreate.model_fields if name != "tags"))
+
+
 @cache
 def _create_sql() -> str:
-    columns = ["user_id", *TaskCreate.model_fields]
-    values = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    values = ", ".join(f"${i}" for i in range(1, len(_CREATED) + 1))
     return _one(
-        f"insert into public.tasks as tasks ({', '.join(columns)}) values ({values})"  # noqa: S608
+        f"insert into public.tasks as tasks ({', '.join(_CREATED)}) values ({values})"  # noqa: S608
         f" returning *, {_VERSION}"
     )
 
 
 @cache
 def _get_sql(owner_filter: str) -> str:
-    return _one(f"select *, {_VERSION} from public.tasks tasks where tasks.id = $2 and {owner_filter}")  # noqa: S608
+    owner = _owner(owner_filter, "tasks")
+    return _one(f"select *, {_VERSION} from public.tasks tasks where tasks.id = $2 and {owner}")  # noqa: S608
+
+
+# Whether the write just made a recurring task completed that has no next occurrence yet:
+# `old` is the row as the statement began. Under a concurrent write of the same task the
+# update waits for the row and then sees its latest version, next_task_id included, so
+# two requests completing it at once still make one successor (tests/routes/test_recurrence.py).
+_SPAWNS = ", (t.completed and not old.completed and t.recurrence is not null and t.next_task_id is null)"
 
 
 @cache
 def _update_sql(owner_filter: str, assignments: str) -> str:
-    return _one(
+    """Changes task $2 with `assignments`; answers it as _one does, and whether its next
+    occurrence is due to be made (_spawn_sql)."""
+    owner = _owner(owner_filter, "tasks")
+    statement = _one(
         f"update public.tasks tasks set {assignments}updated_at = now()"  # noqa: S608
-        f" where tasks.id = $2 and {owner_filter} returning *, {_VERSION}"
+        f" where tasks.id = $2 and {owner} returning *, {_VERSION}",
+        more=_SPAWNS,
+        join=", old",
+    )
+    # `with old as (...), t as (...)`: both CTEs of one statement.
+    old = f"with old as (select tasks.completed from public.tasks tasks where tasks.id = $2 and {owner}),"  # noqa: S608
+    return old + statement.removeprefix("with")
+
+
+@cache
+def _spawn_sql(owner_filter: str) -> str:
+    """Makes the next occurrence of task $2 (completed, recurring, none made yet): the
+    same title, description, priority, tags and recurrence, due a period later; records
+    it as the task's next_task_id and answers the task as _one does."""
+    anchor = "coalesce(p.recurrence_day, extract(day from p.due_at at time zone 'UTC')::int)"
+    return _one(
+        "with successor as ("  # noqa: S608
+        " insert into public.tasks as tasks"
+        " (user_id, title, description, priority, due_at, recurrence, recurrence_day)"
+        " select p.user_id, p.title, p.description, p.priority,"
+        f" app.next_due(p.due_at, p.recurrence::text, {anchor}), p.recurrence, {anchor}"
+        " from public.tasks p"
+        f" where p.id = $2 and {_owner(owner_filter, 'p')} and p.completed"
+        " and p.recurrence is not null and p.next_task_id is null"
+        " returning tasks.id),"
+        " tagged as (insert into public.task_tags (user_id, task_id, tag_id)"
+        " select tt.user_id, successor.id, tt.tag_id from public.task_tags tt, successor"
+        f" where tt.task_id = $2 and {_owner(owner_filter, 'tt')})"
+        " update public.tasks tasks set next_task_id = successor.id from successor"
+        f" where tasks.id = $2 and {_owner(owner_filter, 'tasks')} returning tasks.*, {_VERSION}"
     )
 
 
 def _set(fields: tuple[str, ...]) -> str:
     """Assignments of `fields` (model field names) to $3, $4, ... ."""
-    return "".join(f"{name} = ${i}, " for i, name in enumerate(fields, start=3))
+    assignments = "".join(f"{name} = ${i}, " for i, name in enumerate(fields, start=3))
+    if "due_at" in fields:
+        # A due date the user sets starts a monthly series afresh on its own day.
+        assignments += "recurrence_day = null, "
+    return assignments
 
 
 @cache
 def _lock_sql(owner_filter: str) -> str:
     """The task's version, its row locked until the transaction ends: what If-Match is
     checked against, so that no other request changes it between the check and the write."""
-    return f"select {_VERSION} from public.tasks tasks where tasks.id = $2 and {owner_filter} for update"  # noqa: S608
+    return (
+        f"select {_VERSION} from public.tasks tasks"  # noqa: S608
+        f" where tasks.id = $2 and {_owner(owner_filter, 'tasks')} for update"
+    )
 
 
 @cache
 def _delete_sql(owner_filter: str) -> str:
-    return f"delete from public.tasks tasks where tasks.id = $2 and {owner_filter} returning tasks.id"  # noqa: S608
+    return (
+        "delete from public.tasks tasks"  # noqa: S608
+        f" where tasks.id = $2 and {_owner(owner_filter, 'tasks')} returning tasks.id"
+    )
+
+
+# $1 the user (unused: the function reads the verified context, as the policies do),
+# $2 the task, $3 the tags' names, $4 their folded forms.
+_SET_TAGS = "select app.set_task_tags($2, $3, $4) and $1::text is not null"
 
 
 # --- versions: ETag, If-Match, If-None-Match ------------------------------------------
@@ -314,20 +435,34 @@ async def list_tasks(
     ] = None,
     due_after: Annotated[DueAt | None, Query(description="Due after this date-time (with an offset)")] = None,
     overdue: Annotated[bool, Query(description="Only tasks due in the past and not completed")] = False,
-    sort: SortField = SortField.created,
+    tag: Annotated[
+        list[TagName] | None,
+        Query(max_length=TAGS_PER_TASK, description="Tasks that carry all these tags (repeat the parameter)"),
+    ] = None,
+    q: Annotated[
+        SearchText | None,
+        Query(description="Words the title or description has, or starts with (`groc` finds groceries)"),
+    ] = None,
+    sort: Annotated[SortField, Query(description="`relevance` needs `q`")] = SortField.created,
     order: Annotated[
         SortOrder | None,
         Query(
-            description="Default: desc for created, updated and priority (high first); asc for title and due"
+            description="Default: desc for created, updated, priority (high first) and relevance;"
+            " asc for title and due"
         ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Response:
     """List your tasks."""
+    if sort is SortField.relevance and q is None:
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("query", "q"), "msg": "sort=relevance needs q", "input": None}]
+        )
     if order is None:
         order = _DEFAULT_ORDER[sort]
-    given = {"priority": priority, "due_before": due_before, "due_after": due_after}
+    folded = list(dict.fromkeys(fold_tag(name) for name in tag)) if tag else None
+    given = {"priority": priority, "due_before": due_before, "due_after": due_after, "tag": folded, "q": q}
     filters = tuple(name for name, value in given.items() if value is not None)
     statement = _list_sql(OWNER_FILTER, status_filter, sort, order, filters, overdue)
     values = [given[name] for name in filters]
@@ -349,15 +484,29 @@ async def create_task(
     body: TaskCreate, request: Request, connection: UserConnection, subject: CurrentSubject
 ) -> Response:
     """Create a task."""
-    row = await connection.fetchrow(_create_sql(), subject, *body.model_dump().values())
+    values = body.model_dump()
+    tags = values.pop("tags")
+    row = await connection.fetchrow(_create_sql(), subject, *values.values())
     # An insert ... returning of one row: a row, or an error.
     task_id, task, version = cast(Record, row)
+    if tags:
+        await _set_tags(connection, subject, task_id, tags)
+        row = await connection.fetchrow(_get_sql(OWNER_FILTER), subject, task_id)
+        task_id, task, version = cast(Record, row)
     # Percent-encoded: a user id may hold any character, and a header only Latin-1.
     owner = quote(subject, safe="")
     response = _json(task, status.HTTP_201_CREATED)
     response.headers["Location"] = str(request.url_for("get_task", user_id=owner, task_id=str(task_id)))
     response.headers["ETag"] = _etag(request, task_id, version)
     return response
+
+
+async def _set_tags(connection: UserConnection, subject: str, task_id: int, names: list[str]) -> None:
+    """Gives the task exactly these tags (names once each, case-insensitively); 404 when
+    the caller has no such task."""
+    keys = [fold_tag(name) for name in names]
+    if not await connection.fetchval(_SET_TAGS, subject, task_id, names, keys):
+        raise NotFound(TASK_NOT_FOUND)
 
 
 @router.get(
@@ -390,10 +539,33 @@ async def _one_task(
     row = await connection.fetchrow(statement, *values)
     if row is None:
         raise NotFound(TASK_NOT_FOUND)
-    task_id, task, version = row
+    return _task_response(request, row)
+
+
+def _task_response(request: Request, row: Record) -> Response:
+    task_id, task, version = row[:3]
     response = _json(task)
     response.headers["ETag"] = _etag(request, task_id, version)
     return response
+
+
+async def _update(
+    request: Request,
+    connection: UserConnection,
+    subject: str,
+    task_id: int,
+    assignments: str,
+    *values: object,
+) -> Response:
+    """Runs an update of the task (_update_sql); if it completed a recurring task, makes
+    the next occurrence, in the same transaction."""
+    row = await connection.fetchrow(_update_sql(OWNER_FILTER, assignments), subject, task_id, *values)
+    if row is None:
+        raise NotFound(TASK_NOT_FOUND)
+    if row[3]:
+        # The row is locked by the update: no other request can complete it meanwhile.
+        row = cast(Record, await connection.fetchrow(_spawn_sql(OWNER_FILTER), subject, task_id))
+    return _task_response(request, row)
 
 
 _WRITTEN: dict[int | str, dict[str, Any]] = {**_WRITE_RESPONSES, 200: {"headers": _ETAG_HEADER}}
@@ -409,8 +581,10 @@ async def _write(
 ) -> Response:
     """PUT and PATCH: set `values` (model field names) on the task, after If-Match."""
     await _check_if_match(request, connection, if_match, subject, task_id)
-    statement = _update_sql(OWNER_FILTER, _set(tuple(values)))
-    return await _one_task(request, connection, statement, subject, task_id, *values.values())
+    tags = values.pop("tags", None)
+    if tags is not None:
+        await _set_tags(connection, subject, task_id, tags)
+    return await _update(request, connection, subject, task_id, _set(tuple(values)), *values.values())
 
 
 @router.put("/{task_id}", response_model=TaskPublic, responses=_WRITTEN)
@@ -449,8 +623,7 @@ async def toggle_task(
 ) -> Response:
     """Toggle a task between pending and completed."""
     await _check_if_match(request, connection, if_match, subject, task_id)
-    statement = _update_sql(OWNER_FILTER, "completed = not tasks.completed, ")
-    return await _one_task(request, connection, statement, subject, task_id)
+    return await _update(request, connection, subject, task_id, "completed = not tasks.completed, ")
 
 
 @router.delete("/{task_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_WRITE_RESPONSES)

@@ -14,7 +14,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # It applied sql/policies/tasks.sql, which now names columns of revision 0007: that
+    # It applied sql/policies/tasks.sql, which now names columns of later revisions: that
     # revision applies it (see 0001). A database past this revision already has it.
     pass
 

@@ -11,8 +11,11 @@ alter table tasks force row level security;
 -- check sees every row, row-level security or not); user_id is fixed once written.
 revoke all on tasks from todo_app;
 grant select, delete on tasks to todo_app;
-grant insert (user_id, title, description, completed, priority, due_at) on tasks to todo_app;
-grant update (title, description, completed, priority, due_at, updated_at) on tasks to todo_app;
+grant insert (user_id, title, description, completed, priority, due_at, recurrence, recurrence_day)
+  on tasks to todo_app;
+grant update (title, description, completed, priority, due_at, recurrence, recurrence_day, next_task_id,
+              updated_at)
+  on tasks to todo_app;
 
 drop policy if exists tasks_select_own on tasks;
 create policy tasks_select_own on tasks

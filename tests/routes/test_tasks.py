@@ -43,6 +43,9 @@ async def test_create_returns_the_task_and_its_location(client: httpx.AsyncClien
         "completed",
         "priority",
         "due_at",
+        "tags",
+        "recurrence",
+        "next_task_id",
         "created_at",
         "updated_at",
     }

@@ -1,0 +1,106 @@
+-- Functions the task statements of app/routes/tasks.py call: a task's tags, the due date
+-- of a recurring task's next occurrence, and full-text search. None of them is SECURITY
+-- DEFINER: they run as their caller, the runtime role, under the same row-level
+-- security as the statements that call them, and see only the caller's rows.
+-- Names are schema-qualified: the caller's search_path is not trusted.
+--
+-- Safe to run again: migrations re-apply this file whenever it changes.
+
+-- Sets task `task`'s tags to exactly `tag_names` (with their case-folded forms in
+-- `tag_keys`, as app/models.py folds them: one folding for every way in, whatever the
+-- database's locale), creating the caller's tags that do not exist yet. False when the
+-- caller has no such task (another user's task is no such task). Each statement sees
+-- what the ones before it wrote, and what other transactions have committed: a tag
+-- another request of the same user created a moment ago is found, not made twice.
+create or replace function app.set_task_tags(task bigint, tag_names text[], tag_keys text[])
+returns boolean
+language plpgsql
+volatile
+as $$
+declare
+  owner text := app.current_user_id();
+begin
+  perform from public.tasks t where t.id = task and t.user_id = owner;
+  if not found then
+    return false;
+  end if;
+  insert into public.tags (user_id, name, folded)
+  select owner, wanted.name, wanted.folded
+  from unnest(tag_names, tag_keys) as wanted(name, folded)
+  on conflict (user_id, folded) do nothing;
+  delete from public.task_tags tt
+  where tt.user_id = owner and tt.task_id = task
+    and tt.tag_id not in (select g.id from public.tags g
+                          where g.user_id = owner and g.folded = any(tag_keys));
+  insert into public.task_tags (user_id, task_id, tag_id)
+  select owner, task, g.id from public.tags g
+  where g.user_id = owner and g.folded = any(tag_keys)
+  on conflict do nothing;
+  return true;
+end
+$$;
+
+comment on function app.set_task_tags(bigint, text[], text[]) is
+  'Sets a task''s tags (creating the caller''s missing tags); false when the caller has no such task.';
+
+-- The due date of a recurring task's next occurrence, reckoned in UTC whatever the
+-- session's time zone: a day or a week later; or the same day of the next month,
+-- `anchor_day` (the day of the month the series started on), clamped to that month's
+-- last day, so that a task due on the 31st recurs on Feb 28 (or 29), Mar 31, Apr 30.
+create or replace function app.next_due(due timestamptz, recurrence text, anchor_day int)
+returns timestamptz
+language sql
+immutable
+parallel safe
+as $$
+  select case recurrence
+    when 'daily' then ((due at time zone 'UTC') + interval '1 day') at time zone 'UTC'
+    when 'weekly' then ((due at time zone 'UTC') + interval '7 days') at time zone 'UTC'
+    when 'monthly' then (
+      select (next_month
+              + make_interval(days => least(anchor_day, extract(day from next_month + interval '1 month' - interval '1 day')::int) - 1)
+              + (due at time zone 'UTC')::time) at time zone 'UTC'
+      from (select date_trunc('month', due at time zone 'UTC') + interval '1 month' as next_month) m)
+  end
+$$;
+
+comment on function app.next_due(timestamptz, text, int) is
+  'The next due date of a daily, weekly or monthly task, in UTC.';
+
+-- What full-text search matches a task by: its title and description, as English words
+-- (stemmed: "grocery" finds "groceries") and as plain words (no stop words dropped,
+-- no stemming: "runn" finds "running", "the" finds "the").
+create or replace function app.task_search_vector(title text, description text)
+returns tsvector
+language sql
+immutable
+parallel safe
+as $$
+  select pg_catalog.to_tsvector('pg_catalog.english', title || ' ' || coalesce(description, ''))
+         || pg_catalog.to_tsvector('pg_catalog.simple', title || ' ' || coalesce(description, ''))
+$$;
+
+-- The query for what a person typed: every word must match, as a word or the start of
+-- one ("groc" finds "groceries"), in either of the vector's two forms. Built with
+-- plainto_tsquery, which takes any text (no operators, no syntax errors), then each of
+-- its terms made a prefix.
+create or replace function app.task_search_query(typed text)
+returns tsquery
+language sql
+immutable
+parallel safe
+as $$
+  select pg_catalog.regexp_replace(pg_catalog.plainto_tsquery('pg_catalog.english', typed)::text,
+                                   '''( |$)', ''':*\1', 'g')::tsquery
+         || pg_catalog.regexp_replace(pg_catalog.plainto_tsquery('pg_catalog.simple', typed)::text,
+                                      '''( |$)', ''':*\1', 'g')::tsquery
+$$;
+
+revoke all on function app.set_task_tags(bigint, text[], text[]) from public;
+revoke all on function app.next_due(timestamptz, text, int) from public;
+revoke all on function app.task_search_vector(text, text) from public;
+revoke all on function app.task_search_query(text) from public;
+grant execute on function app.set_task_tags(bigint, text[], text[]) to todo_app;
+grant execute on function app.next_due(timestamptz, text, int) to todo_app;
+grant execute on function app.task_search_vector(text, text) to todo_app;
+grant execute on function app.task_search_query(text) to todo_app;
