@@ -109,7 +109,31 @@ async def _postgres_error(request: Request, exc: Exception) -> JSONResponse:
     return _postgres_answer(exc.sqlstate or "", exc)
 
 
+# Constraints a request can break while every field in it is valid on its own (a PATCH
+# that clears the due date of a recurring task): the field to name, and why. The
+# constraint's own name never reaches the client.
+_BY_CONSTRAINT: dict[str, tuple[str, str, str]] = {
+    "tasks_recurrence_needs_due_at": (
+        "recurrence",
+        "recurrence_without_due_at",
+        "A recurring task needs a due_at",
+    ),
+}
+
+
+def _constraint_name(exc: BaseException) -> str | None:
+    # asyncpg's error, or the one SQLAlchemy (or its adapter) wraps.
+    for error in (exc, getattr(exc, "orig", None), exc.__cause__):
+        if name := getattr(error, "constraint_name", None):
+            return str(name)
+    return None
+
+
 def _postgres_answer(sqlstate: str, exc: Exception) -> JSONResponse:
+    if sqlstate == "23514" and (broken := _BY_CONSTRAINT.get(_constraint_name(exc) or "")):
+        field, error_type, message = broken
+        error = {"type": error_type, "loc": ["body", field], "msg": message, "input": None}
+        return JSONResponse({"detail": [error]}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
     if sqlstate.startswith("28"):
         # Wrong credentials are the operator's problem; the client can only wait.
         log.error("the database refused the service's credentials (%s)", sqlstate)

@@ -166,12 +166,12 @@ def _public(row: str) -> str:
     return "select " + ", ".join(fields)
 
 
-def _one(statement: str, *, more: str = "", join: str = "") -> str:
+def _one(statement: str, *, before: str = "", more: str = "", join: str = "") -> str:
     """`statement` (which yields tasks rows and their `version`, the row's xmin) answering
-    its row's id, JSON and version; and `more`, columns of `t` (the row) and of what
-    `join` names (other CTEs of one row each)."""
+    its row's id, JSON and version. `before`: CTEs the statement uses ("name as (...), ");
+    `more`: columns of `t` (the row) and of what `join` names (CTEs of one row each)."""
     return (
-        f"with t as ({statement})"  # noqa: S608
+        f"with {before}t as ({statement})"  # noqa: S608
         f" select t.id, row_to_json(p)::text, t.version{more} from t{join}, lateral ({_public('t')}) p"
     )
 
@@ -285,15 +285,13 @@ def _update_sql(owner_filter: str, assignments: str) -> str:
     """Changes task $2 with `assignments`; answers it as _one does, and whether its next
     occurrence is due to be made (_spawn_sql)."""
     owner = _owner(owner_filter, "tasks")
-    statement = _one(
+    return _one(
         f"update public.tasks tasks set {assignments}updated_at = now()"  # noqa: S608
         f" where tasks.id = $2 and {owner} returning *, {_VERSION}",
+        before=f"old as (select tasks.completed from public.tasks tasks where tasks.id = $2 and {owner}), ",  # noqa: S608
         more=_SPAWNS,
         join=", old",
     )
-    # `with old as (...), t as (...)`: both CTEs of one statement.
-    old = f"with old as (select tasks.completed from public.tasks tasks where tasks.id = $2 and {owner}),"  # noqa: S608
-    return old + statement.removeprefix("with")
 
 
 @cache
@@ -303,7 +301,9 @@ def _spawn_sql(owner_filter: str) -> str:
     it as the task's next_task_id and answers the task as _one does."""
     anchor = "coalesce(p.recurrence_day, extract(day from p.due_at at time zone 'UTC')::int)"
     return _one(
-        "with successor as ("  # noqa: S608
+        f"update public.tasks tasks set next_task_id = successor.id from successor"  # noqa: S608
+        f" where tasks.id = $2 and {_owner(owner_filter, 'tasks')} returning tasks.*, {_VERSION}",
+        before="successor as ("  # noqa: S608
         " insert into public.tasks as tasks"
         " (user_id, title, description, priority, due_at, recurrence, recurrence_day)"
         " select p.user_id, p.title, p.description, p.priority,"
@@ -314,9 +314,7 @@ def _spawn_sql(owner_filter: str) -> str:
         " returning tasks.id),"
         " tagged as (insert into public.task_tags (user_id, task_id, tag_id)"
         " select tt.user_id, successor.id, tt.tag_id from public.task_tags tt, successor"
-        f" where tt.task_id = $2 and {_owner(owner_filter, 'tt')})"
-        " update public.tasks tasks set next_task_id = successor.id from successor"
-        f" where tasks.id = $2 and {_owner(owner_filter, 'tasks')} returning tasks.*, {_VERSION}"
+        f" where tt.task_id = $2 and {_owner(owner_filter, 'tt')}), ",
     )
 
 
@@ -398,7 +396,7 @@ def _json(content: str, status_code: int = status.HTTP_200_OK) -> Response:
     return Response(content=content, status_code=status_code, media_type="application/json")
 
 
-def _page_links(request: Request, total: int, limit: int, offset: int) -> str | None:
+def page_links(request: Request, total: int, limit: int, offset: int) -> str | None:
     """RFC 8288 Link header with the next and previous pages that exist."""
     links = []
     if offset + limit < total:
@@ -469,7 +467,7 @@ async def list_tasks(
     # An aggregate over the page: always one row.
     body, total = cast(Record, await connection.fetchrow(statement, subject, limit, offset, *values))
     headers = {"X-Total-Count": str(total)}
-    if links := _page_links(request, total, limit, offset):
+    if links := page_links(request, total, limit, offset):
         headers["Link"] = links
     return Response(content=body, media_type="application/json", headers=headers)
 
