@@ -13,9 +13,10 @@ from tests.conftest import DbUrls
 
 SECRET_TITLE = "Payroll 2027"
 SECRET_DESCRIPTION = "the merger with Initech"
+SECRET_TAG = "Project Falcon"
 
 
-def seed(admin_conn: psycopg.Connection) -> None:
+def seed(admin_conn: psycopg.Connection, *, tags: bool = True) -> None:
     """bob has 300 tasks of one title and description; 20 other users have 1,000 tasks of
     other titles. Inserted by the superuser, whom row-level security does not bind."""
     admin_conn.execute(
@@ -27,30 +28,52 @@ def seed(admin_conn: psycopg.Connection) -> None:
         " select 'user' || (n % 20), 'task ' || n, 'notes ' || n from generate_series(1, 1000) n"
     )
     admin_conn.execute("analyze tasks")
+    if not tags:  # a schema from before tags
+        return
+    # 300 users have a tag of the secret name (tags are unique per user, not across users).
+    admin_conn.execute(
+        "insert into tags (user_id, name, folded)"
+        " select 'team' || n, %s, lower(%s) from generate_series(1, 300) n",
+        (SECRET_TAG, SECRET_TAG),
+    )
+    admin_conn.execute(
+        "insert into tags (user_id, name, folded) select 'user' || (n % 20), 'tag ' || n, 'tag ' || n"
+        " from generate_series(1, 1000) n"
+    )
+    admin_conn.execute("analyze tags")
 
 
-def estimate(conn: psycopg.Connection, column: str, value: str) -> int:
-    """The planner's row estimate for `select * from tasks where <column> = value`."""
+def estimate(conn: psycopg.Connection, column: str, value: str, table: str = "tasks") -> int:
+    """The planner's row estimate for `select * from <table> where <column> = value`."""
     row = conn.execute(
-        f"explain (format json) select * from tasks where {column} = %s",
+        f"explain (format json) select * from {table} where {column} = %s",
         (value,),
     ).fetchone()
     assert row is not None
     return int(row[0][0]["Plan"]["Plan Rows"])
 
 
-@pytest.mark.parametrize(("column", "secret"), [("title", SECRET_TITLE), ("description", SECRET_DESCRIPTION)])
+@pytest.mark.parametrize(
+    ("table", "column", "secret"),
+    [
+        ("tasks", "title", SECRET_TITLE),
+        ("tasks", "description", SECRET_DESCRIPTION),
+        ("tags", "name", SECRET_TAG),
+        ("tags", "folded", SECRET_TAG.lower()),
+    ],
+)
 def test_explain_does_not_tell_whether_any_user_has_a_text(
-    admin_conn: psycopg.Connection, db_url: DbUrls, column: str, secret: str
+    admin_conn: psycopg.Connection, db_url: DbUrls, table: str, column: str, secret: str
 ) -> None:
     seed(admin_conn)
     with psycopg.connect(db_url.runtime, autocommit=True) as runtime:
         # With no user context the runtime role sees no row at all...
-        assert runtime.execute("select count(*) from tasks").fetchone() == (0,)
-        # ...and the estimate for bob's 300 rows is the estimate for a text nobody has.
-        assert estimate(runtime, column, secret) == estimate(runtime, column, "nobody wrote this")
+        assert runtime.execute(f"select count(*) from {table}").fetchone() == (0,)
+        # ...and the estimate for 300 rows is the estimate for a text nobody has.
+        nobody = estimate(runtime, column, "nobody wrote this", table)
+        assert estimate(runtime, column, secret, table) == nobody
     assert admin_conn.execute(
-        "select count(*) from pg_stats where tablename = 'tasks' and attname = %s", (column,)
+        "select count(*) from pg_stats where tablename = %s and attname = %s", (table, column)
     ).fetchone() == (0,)
 
 
@@ -58,7 +81,7 @@ def test_the_migration_clears_statistics_gathered_before_it(
     admin_conn: psycopg.Connection, db_url: DbUrls
 ) -> None:
     downgrade(db_url.owner, "0005")
-    seed(admin_conn)
+    seed(admin_conn, tags=False)
     columns = "select array_agg(attname::text order by attname) from pg_stats where tablename = 'tasks'"
     gathered = admin_conn.execute(columns).fetchone()
     assert gathered is not None and {"title", "description"} <= set(gathered[0])
