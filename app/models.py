@@ -194,8 +194,17 @@ def _recurrence_needs_due_at(recurrence: str | None, info: pydantic.ValidationIn
     return recurrence
 
 
+# The rule of _recurrence_needs_due_at in the OpenAPI document (JSON Schema's if/then):
+# a body with a recurrence also has a due_at that is not null.
+_RECURRENCE_NEEDS_DUE_AT: dict[str, Any] = {
+    "if": {"required": ["recurrence"], "properties": {"recurrence": {"type": "string"}}},
+    "then": {"required": ["due_at"], "properties": {"due_at": {"type": "string"}}},
+}
+_CREATE_OR_REPLACE: "SQLModelConfig" = {**_REQUEST, "json_schema_extra": _RECURRENCE_NEEDS_DUE_AT}
+
+
 class TaskCreate(SQLModel):
-    model_config = _REQUEST
+    model_config = _CREATE_OR_REPLACE
 
     title: Title
     description: Description | None = None
@@ -211,7 +220,7 @@ class TaskCreate(SQLModel):
 class TaskReplace(SQLModel):
     """PUT: the whole task; a field left out takes its default."""
 
-    model_config = _REQUEST
+    model_config = _CREATE_OR_REPLACE
 
     title: Title
     description: Description | None = None
@@ -237,7 +246,15 @@ _NEVER_NULL = pydantic.Field(json_schema_extra=drop_null_branch)
 class TaskUpdate(SQLModel):
     """PATCH: only the fields given change."""
 
-    model_config = _REQUEST
+    # A recurrence and a null due_at in one body is a 422 (so is a recurrence for a task
+    # with no due date, or a null due_at for a recurring one: the database's check).
+    model_config = {
+        **_REQUEST,
+        "json_schema_extra": {
+            "if": {"required": ["recurrence", "due_at"], "properties": {"recurrence": {"type": "string"}}},
+            "then": {"properties": {"due_at": {"type": "string"}}},
+        },
+    }
 
     title: Annotated[Title | None, _NEVER_NULL] = None
     description: Description | None = None

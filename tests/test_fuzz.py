@@ -34,9 +34,11 @@ def api_schema(service: LiveService) -> schemathesis.BaseSchema:
             },
         }
     )
-    # Tasks for alice, so that generated ids find some.
+    # Tasks for alice, so that generated ids find some; due, so that a PATCH that makes
+    # one recurring is valid.
     service.admin.execute(
-        "insert into tasks (user_id, title) select 'alice', 'seed ' || n from generate_series(1, 20) n"
+        "insert into tasks (user_id, title, due_at)"
+        " select 'alice', 'seed ' || n, now() + n * interval '1 day' from generate_series(1, 20) n"
     )
     return schemathesis.openapi.from_url(f"{service.base_url}/openapi.json", config=config)
 
