@@ -345,9 +345,9 @@ def _delete_sql(owner_filter: str) -> str:
     )
 
 
-# $1 the user (unused: the function reads the verified context, as the policies do),
-# $2 the task, $3 the tags' names, $4 their folded forms.
-_SET_TAGS = "select app.set_task_tags($2, $3, $4) and $1::text is not null"
+# $1 the task, $2 the tags' names, $3 their folded forms. No user: the function reads
+# the verified context, as the policies do.
+_SET_TAGS = "select app.set_task_tags($1, $2, $3)"
 
 
 # --- versions: ETag, If-Match, If-None-Match ------------------------------------------
@@ -488,7 +488,7 @@ async def create_task(
     # An insert ... returning of one row: a row, or an error.
     task_id, task, version = cast(Record, row)
     if tags:
-        await _set_tags(connection, subject, task_id, tags)
+        await _set_tags(connection, task_id, tags)
         row = await connection.fetchrow(_get_sql(OWNER_FILTER), subject, task_id)
         task_id, task, version = cast(Record, row)
     # Percent-encoded: a user id may hold any character, and a header only Latin-1.
@@ -499,11 +499,11 @@ async def create_task(
     return response
 
 
-async def _set_tags(connection: UserConnection, subject: str, task_id: int, names: list[str]) -> None:
+async def _set_tags(connection: UserConnection, task_id: int, names: list[str]) -> None:
     """Gives the task exactly these tags (names once each, case-insensitively); 404 when
     the caller has no such task."""
     keys = [fold_tag(name) for name in names]
-    if not await connection.fetchval(_SET_TAGS, subject, task_id, names, keys):
+    if not await connection.fetchval(_SET_TAGS, task_id, names, keys):
         raise NotFound(TASK_NOT_FOUND)
 
 
@@ -581,7 +581,7 @@ async def _write(
     await _check_if_match(request, connection, if_match, subject, task_id)
     tags = values.pop("tags", None)
     if tags is not None:
-        await _set_tags(connection, subject, task_id, tags)
+        await _set_tags(connection, task_id, tags)
     return await _update(request, connection, subject, task_id, _set(tuple(values)), *values.values())
 
 
