@@ -335,6 +335,9 @@ async def test_openapi_documents_every_route_with_the_bearer_scheme(client: http
         ("PATCH", "/api/{user_id}/tasks/{task_id}"),
         ("DELETE", "/api/{user_id}/tasks/{task_id}"),
         ("PATCH", "/api/{user_id}/tasks/{task_id}/complete"),
+        ("GET", "/api/{user_id}/tags"),
+        ("PATCH", "/api/{user_id}/tags/{name}"),
+        ("DELETE", "/api/{user_id}/tags/{name}"),
     }
     for path, item in spec["paths"].items():
         for method, operation in item.items():
