@@ -19,24 +19,73 @@ def test_the_schema_has_no_constraint_that_leaks_existence(admin_conn: psycopg.C
     assert existence_leaks(admin_conn) == []
 
 
-def test_a_unique_index_without_user_id_is_caught(admin_conn: psycopg.Connection) -> None:
-    admin_conn.execute("create unique index tasks_title_key on tasks (title)")
-    assert existence_leaks(admin_conn) == ["unique index tasks_title_key on tasks does not include user_id"]
+@pytest.mark.parametrize(
+    ("table", "columns"),
+    [("tasks", "title"), ("tags", "folded"), ("tags", "name"), ("task_tags", "task_id, tag_id")],
+)
+def test_a_unique_index_without_user_id_is_caught(
+    admin_conn: psycopg.Connection, table: str, columns: str
+) -> None:
+    # tags(folded) alone would make a tag name one per database: creating a tag another
+    # user has would be a 409, telling that someone has it.
+    admin_conn.execute(f"create unique index leaky_key on {table} ({columns})")
+    assert existence_leaks(admin_conn) == [f"unique index leaky_key on {table} does not include user_id"]
 
 
-def test_a_foreign_key_without_user_id_is_caught(admin_conn: psycopg.Connection) -> None:
-    # tasks' key is (user_id, id); a unique index on id alone is what a careless
-    # foreign key would reference.
-    admin_conn.execute("create unique index tasks_id_key on tasks (id)")
+@pytest.mark.parametrize("target", ["tasks", "tags"])
+def test_a_foreign_key_without_user_id_is_caught(admin_conn: psycopg.Connection, target: str) -> None:
+    # A key on the id alone, to reference: the runtime role cannot write ids, so the key
+    # itself tells nothing; the reference without user_id does.
+    admin_conn.execute(f"create unique index {target}_id_key on {target} (id)")
+    assert existence_leaks(admin_conn) == []
     admin_conn.execute(
         "create table notes (id bigint generated always as identity primary key,"
-        " user_id varchar(255) not null, task_id bigint references tasks (id))"
+        f" user_id varchar(255) not null, ref_id bigint references {target} (id))"
     )
     assert existence_leaks(admin_conn) == [
-        "foreign key notes_task_id_fkey on notes does not pair user_id with user_id"
+        "foreign key notes_ref_id_fkey on notes does not pair user_id with user_id"
     ]
-    admin_conn.execute("alter table notes drop constraint notes_task_id_fkey")
-    admin_conn.execute("alter table notes add foreign key (user_id, task_id) references tasks (user_id, id)")
+    admin_conn.execute("alter table notes drop constraint notes_ref_id_fkey")
+    # (user_id, id) is the primary key of both tables: a reference through it is sound.
+    admin_conn.execute(
+        f"alter table notes add foreign key (user_id, ref_id) references {target} (user_id, id)"
+    )
+    assert existence_leaks(admin_conn) == []
+
+
+def test_the_keys_of_the_tag_tables_are_checked(admin_conn: psycopg.Connection) -> None:
+    """The leak check sees the tag tables' own keys: each unique index names user_id, and
+    both foreign keys of task_tags pair it."""
+    rows = admin_conn.execute(
+        """
+        select conrelid::regclass::text, conname, contype,
+               array(select attname from unnest(conkey) k join pg_attribute a
+                     on a.attrelid = conrelid and a.attnum = k order by attname)
+        from pg_constraint where conrelid in ('tags'::regclass, 'task_tags'::regclass)
+          and contype in ('p', 'u', 'f')
+        order by 1, 2
+        """
+    ).fetchall()
+    assert rows == [
+        ("tags", "tags_pkey", "p", ["id", "user_id"]),
+        ("task_tags", "task_tags_pkey", "p", ["tag_id", "task_id", "user_id"]),
+        ("task_tags", "task_tags_tag_fkey", "f", ["tag_id", "user_id"]),
+        ("task_tags", "task_tags_task_fkey", "f", ["task_id", "user_id"]),
+    ]
+    unique = admin_conn.execute(
+        """
+        select x.indexrelid::regclass::text, a.attname from pg_index x
+        join pg_attribute a on a.attrelid = x.indrelid and a.attnum = x.indkey[0]
+        where x.indisunique and x.indrelid in ('tags'::regclass, 'task_tags'::regclass)
+        order by 1
+        """
+    ).fetchall()
+    # user_id leads each: a user's rows are one range of the index.
+    assert unique == [
+        ("tags_pkey", "user_id"),
+        ("tags_user_folded_key", "user_id"),
+        ("task_tags_pkey", "user_id"),
+    ]
     assert existence_leaks(admin_conn) == []
 
 

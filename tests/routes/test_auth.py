@@ -1,4 +1,4 @@
-"""Who may call the task routes: every 401 variant, and 403 on another user's path."""
+"""Who may call the task and tag routes: every 401 variant, and 403 on another user's path."""
 
 import logging
 
@@ -17,6 +17,9 @@ ROUTES = [
     ("PATCH", "/api/alice/tasks/1"),
     ("DELETE", "/api/alice/tasks/1"),
     ("PATCH", "/api/alice/tasks/1/complete"),
+    ("GET", "/api/alice/tags"),
+    ("PATCH", "/api/alice/tags/work"),
+    ("DELETE", "/api/alice/tags/work"),
 ]
 
 
