@@ -14,7 +14,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from app.config import Settings
 from app.database import create_engine
-from app.models import Task
+from app.models import Tag, Task, TaskTag
 from app.session import UserSessions
 from tests.conftest import TEST_CONTEXT_KEY, DbUrls
 from tests.tokens import auth
@@ -178,6 +178,223 @@ async def test_delete_without_a_user_removes_nothing(
     assert len(await all_titles(admin_conn)) == 3
 
 
+# --- the tag tables: the same matrix for tags and task_tags ---------------------------
+
+
+async def seed_tags(sessions: UserSessions) -> dict[str, dict[str, dict[str, int]]]:
+    """On top of seed(): alice's tags work and home, work on both her tasks and home on
+    a1; bob's tags work and home (the same names, his own rows), work on b1. Each written
+    under its owner's context. Answers {user: {"tasks": {title: id}, "tags": {name: id}}}."""
+    task_ids = await seed(sessions)
+    titles = {"alice": ["a1", "a2"], "bob": ["b1"]}
+    links = {"alice": [("a1", "work"), ("a2", "work"), ("a1", "home")], "bob": [("b1", "work")]}
+    made: dict[str, dict[str, dict[str, int]]] = {}
+    for user, tag_names in {"alice": ["work", "home"], "bob": ["work", "home"]}.items():
+        async with sessions.transaction(user) as session:
+            rows = await session.scalars(
+                insert(Tag).returning(Tag.id),
+                [{"user_id": user, "name": name, "folded": name} for name in tag_names],
+            )
+            tags = dict(zip(tag_names, rows, strict=True))
+            tasks = dict(zip(titles[user], task_ids[user], strict=True))
+            await session.execute(
+                insert(TaskTag),
+                [{"user_id": user, "task_id": tasks[task], "tag_id": tags[tag]} for task, tag in links[user]],
+            )
+        made[user] = {"tasks": tasks, "tags": tags}
+    return made
+
+
+# The rows of each table, by whom they belong to and what they are, as the superuser reads them.
+ROWS_OF = {
+    "tags": "select user_id, name from tags order by 1, 2",
+    "task_tags": (
+        "select tt.user_id, t.title || ':' || g.name from task_tags tt"
+        " join tasks t on t.user_id = tt.user_id and t.id = tt.task_id"
+        " join tags g on g.user_id = tt.user_id and g.id = tt.tag_id order by 1, 2"
+    ),
+}
+SEEDED = {
+    "tags": [("alice", "home"), ("alice", "work"), ("bob", "home"), ("bob", "work")],
+    "task_tags": [("alice", "a1:home"), ("alice", "a1:work"), ("alice", "a2:work"), ("bob", "b1:work")],
+}
+TAG_TABLES = [pytest.param(Tag, id="tags"), pytest.param(TaskTag, id="task_tags")]
+TagTable = type[Tag] | type[TaskTag]
+
+
+def stored_rows(admin_conn: psycopg.Connection, model: TagTable) -> list[tuple[str, str]]:
+    return [tuple(row) for row in admin_conn.execute(ROWS_OF[model.__tablename__]).fetchall()]  # type: ignore[misc]
+
+
+def own_row(model: TagTable, user: str, made: dict[str, dict[str, dict[str, int]]]) -> dict[str, object]:
+    """A row of `user`'s that seed_tags did not write: a new tag, or a link of their own
+    task to their own tag (alice: a2 to home, bob: b1 to home)."""
+    if model is Tag:
+        return {"user_id": user, "name": "new", "folded": "new"}
+    task, tag = ("a2", "home") if user == "alice" else ("b1", "home")
+    return {"user_id": user, "task_id": made[user]["tasks"][task], "tag_id": made[user]["tags"][tag]}
+
+
+@pytest.mark.parametrize("model", TAG_TABLES)
+async def test_unfiltered_select_of_a_tag_table_returns_only_the_current_users_rows(
+    sessions: UserSessions, admin_conn: psycopg.Connection, model: TagTable
+) -> None:
+    await seed_tags(sessions)
+    assert stored_rows(admin_conn, model) == SEEDED[model.__tablename__]
+    for user in ("alice", "bob"):
+        async with sessions.transaction(user) as session:
+            rows = (await session.scalars(select(model))).all()
+            count = await session.scalar(select(func.count()).select_from(model))
+        expected = [row for row in SEEDED[model.__tablename__] if row[0] == user]
+        assert {row.user_id for row in rows} == {user}
+        assert len(rows) == count == len(expected)
+
+
+@pytest.mark.parametrize("model", TAG_TABLES)
+async def test_a_tag_table_row_of_another_user_is_not_found_by_its_key(
+    sessions: UserSessions, model: TagTable
+) -> None:
+    made = await seed_tags(sessions)
+    bobs_tag = made["bob"]["tags"]["work"]
+    column = Tag.id if model is Tag else TaskTag.tag_id
+    async with sessions.transaction("alice") as session:
+        assert (await session.scalars(select(model).where(column == bobs_tag))).all() == []
+        bobs_rows = select(func.count()).select_from(model).where(model.user_id == "bob")
+        assert await session.scalar(bobs_rows) == 0
+
+
+@pytest.mark.parametrize("context", [None, ""])
+@pytest.mark.parametrize("model", TAG_TABLES)
+async def test_without_a_user_no_tag_table_row_is_visible(
+    sessions: UserSessions, model: TagTable, context: str | None
+) -> None:
+    await seed_tags(sessions)
+    async with sessions.sessionmaker() as session, session.begin():
+        if context is not None:
+            await session.execute(text("select set_config('app.user_id', :v, true)"), {"v": context})
+        assert (await session.scalars(select(model))).all() == []
+
+
+@pytest.mark.parametrize("model", TAG_TABLES)
+async def test_insert_into_a_tag_table_of_another_users_row_is_a_policy_violation(
+    sessions: UserSessions, admin_conn: psycopg.Connection, model: TagTable
+) -> None:
+    made = await seed_tags(sessions)
+    # For task_tags, a link between two of bob's own rows: only its user_id makes it bob's.
+    with pytest.raises(DBAPIError) as exc:
+        async with sessions.transaction("alice") as session:
+            await session.execute(insert(model).values(own_row(model, "bob", made)))
+    assert_rls_violation(exc)
+    assert stored_rows(admin_conn, model) == SEEDED[model.__tablename__]
+
+
+@pytest.mark.parametrize("model", TAG_TABLES)
+async def test_insert_into_a_tag_table_without_a_user_is_a_policy_violation(
+    sessions: UserSessions, admin_conn: psycopg.Connection, model: TagTable
+) -> None:
+    made = await seed_tags(sessions)
+    with pytest.raises(DBAPIError) as exc:
+        async with sessions.sessionmaker() as session, session.begin():
+            await session.execute(insert(model).values(own_row(model, "alice", made)))
+    assert_rls_violation(exc)
+    assert stored_rows(admin_conn, model) == SEEDED[model.__tablename__]
+
+
+@pytest.mark.parametrize("model", TAG_TABLES)
+async def test_insert_into_a_tag_table_of_own_row_succeeds(
+    sessions: UserSessions, admin_conn: psycopg.Connection, model: TagTable
+) -> None:
+    made = await seed_tags(sessions)
+    async with sessions.transaction("alice") as session:
+        await session.execute(insert(model).values(own_row(model, "alice", made)))
+    added = {"tags": ("alice", "new"), "task_tags": ("alice", "a2:home")}[model.__tablename__]
+    assert stored_rows(admin_conn, model) == sorted([*SEEDED[model.__tablename__], added])
+
+
+async def test_unfiltered_update_of_tags_touches_only_the_current_users_rows(
+    sessions: UserSessions, admin_conn: psycopg.Connection
+) -> None:
+    await seed_tags(sessions)
+    async with sessions.transaction("alice") as session:
+        result = await session.execute(update(Tag).values(name=func.upper(Tag.name)))
+    assert result.rowcount == 2  # type: ignore[attr-defined]
+    assert stored_rows(admin_conn, Tag) == [("alice", "HOME"), ("alice", "WORK"), *SEEDED["tags"][2:]]
+
+
+@pytest.mark.parametrize("user", [None, "alice"], ids=["no user", "another user"])
+async def test_update_of_bobs_tag_by_id_touches_nothing(
+    sessions: UserSessions, admin_conn: psycopg.Connection, user: str | None
+) -> None:
+    made = await seed_tags(sessions)
+    acting = sessions.anonymous() if user is None else sessions.transaction(user)
+    async with acting as session:
+        result = await session.execute(
+            update(Tag).where(Tag.id == made["bob"]["tags"]["work"]).values(name="x", folded="x")
+        )
+    assert result.rowcount == 0  # type: ignore[attr-defined]
+    assert stored_rows(admin_conn, Tag) == SEEDED["tags"]
+
+
+async def test_an_update_that_gives_a_tag_away_is_refused_by_grant_and_by_policy(
+    sessions: UserSessions, admin_conn: psycopg.Connection
+) -> None:
+    await seed_tags(sessions)
+    # No grant on user_id; then, with the grant lifted in this test's database, the
+    # update policy's WITH CHECK.
+    for grant in (None, "grant update (user_id) on tags to todo_app"):
+        if grant:
+            admin_conn.execute(grant)
+        with pytest.raises(DBAPIError) as exc:
+            async with sessions.transaction("alice") as session:
+                await session.execute(update(Tag).where(Tag.name == "home").values(user_id="bob"))
+        assert getattr(exc.value.orig, "sqlstate", None) == "42501"
+        if grant:
+            assert_rls_violation(exc)
+    assert stored_rows(admin_conn, Tag) == SEEDED["tags"]
+
+
+async def test_a_link_can_be_made_and_removed_but_never_changed(
+    sessions: UserSessions, admin_conn: psycopg.Connection
+) -> None:
+    """task_tags grants no update, and with that grant lifted no policy lets one through."""
+    made = await seed_tags(sessions)
+    with pytest.raises(DBAPIError) as exc:
+        async with sessions.transaction("alice") as session:
+            await session.execute(update(TaskTag).values(tag_id=made["alice"]["tags"]["home"]))
+    assert getattr(exc.value.orig, "sqlstate", None) == "42501"
+    assert "permission denied" in str(exc.value.orig)
+    admin_conn.execute("grant update on task_tags to todo_app")
+    async with sessions.transaction("alice") as session:
+        result = await session.execute(update(TaskTag).values(user_id="bob"))
+    assert result.rowcount == 0  # type: ignore[attr-defined]
+    assert stored_rows(admin_conn, TaskTag) == SEEDED["task_tags"]
+
+
+@pytest.mark.parametrize("model", TAG_TABLES)
+async def test_unfiltered_delete_from_a_tag_table_removes_only_the_current_users_rows(
+    sessions: UserSessions, admin_conn: psycopg.Connection, model: TagTable
+) -> None:
+    await seed_tags(sessions)
+    async with sessions.transaction("alice") as session:
+        result = await session.execute(delete(model))
+    seeded = SEEDED[model.__tablename__]
+    assert result.rowcount == len([row for row in seeded if row[0] == "alice"])  # type: ignore[attr-defined]
+    assert stored_rows(admin_conn, model) == [row for row in seeded if row[0] == "bob"]
+    # Deleting alice's tags takes their links with them (on delete cascade): hers only.
+    assert stored_rows(admin_conn, TaskTag) == [("bob", "b1:work")]
+
+
+@pytest.mark.parametrize("model", TAG_TABLES)
+async def test_delete_from_a_tag_table_without_a_user_removes_nothing(
+    sessions: UserSessions, admin_conn: psycopg.Connection, model: TagTable
+) -> None:
+    await seed_tags(sessions)
+    async with sessions.sessionmaker() as session, session.begin():
+        result = await session.execute(delete(model))
+    assert result.rowcount == 0  # type: ignore[attr-defined]
+    assert stored_rows(admin_conn, model) == SEEDED[model.__tablename__]
+
+
 # --- pooled connections -------------------------------------------------------------
 
 
@@ -261,13 +478,14 @@ async def test_a_connection_interrupted_mid_statement_is_closed_not_reused(setti
 # --- other roles --------------------------------------------------------------------
 
 
-async def test_the_owner_role_is_held_to_rls_too(db_url: DbUrls, sessions: UserSessions) -> None:
-    await seed(sessions)
+@pytest.mark.parametrize("table", ["tasks", "tags", "task_tags"])
+async def test_the_owner_role_is_held_to_rls_too(db_url: DbUrls, sessions: UserSessions, table: str) -> None:
+    await seed_tags(sessions)
     with psycopg.connect(db_url.owner) as conn:
-        assert conn.execute("select count(*) from tasks").fetchone() == (0,)
+        assert conn.execute(f"select count(*) from {table}").fetchone() == (0,)
         conn.execute("select set_config('app.user_id', 'alice', true)")
         # FORCE ROW LEVEL SECURITY with no policy naming the owner: nothing, even with a user.
-        assert conn.execute("select count(*) from tasks").fetchone() == (0,)
+        assert conn.execute(f"select count(*) from {table}").fetchone() == (0,)
 
 
 # --- through HTTP, with the routes' own filters removed ---------------------------
