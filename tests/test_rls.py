@@ -395,6 +395,93 @@ async def test_delete_from_a_tag_table_without_a_user_removes_nothing(
     assert stored_rows(admin_conn, model) == SEEDED[model.__tablename__]
 
 
+# --- the keys: no link across users, whatever role writes it ---------------------------
+
+# (user_id, task of, tag of): links naming rows of two users, and the key that refuses each.
+CROSS_LINKS = [
+    pytest.param("alice", "alice", "bob", "task_tags_tag_fkey", id="alice's task, bob's tag"),
+    pytest.param("alice", "bob", "alice", "task_tags_task_fkey", id="bob's task, alice's tag"),
+    pytest.param("bob", "alice", "bob", "task_tags_task_fkey", id="as bob, alice's task, bob's tag"),
+]
+
+
+def link_values(
+    made: dict[str, dict[str, dict[str, int]]], user: str, task_of: str, tag_of: str
+) -> tuple[str, int, int]:
+    task = made[task_of]["tasks"]["a2" if task_of == "alice" else "b1"]
+    return (user, task, made[tag_of]["tags"]["home"])
+
+
+@pytest.mark.parametrize(("user", "task_of", "tag_of", "constraint"), CROSS_LINKS)
+@pytest.mark.parametrize("role", ["owner", "superuser"])
+async def test_a_link_across_users_is_refused_by_the_keys_even_where_rls_does_not_hold(
+    sessions: UserSessions,
+    admin_conn: psycopg.Connection,
+    db_url: DbUrls,
+    role: str,
+    user: str,
+    task_of: str,
+    tag_of: str,
+    constraint: str,
+) -> None:
+    """A task can never carry another user's tag: the foreign keys of task_tags carry
+    user_id to both tasks and tags. Shown where row-level security stops nothing: as the
+    superuser, and as the owner with FORCE switched off (in a transaction rolled back),
+    both of whom can write a link of one user's own rows."""
+    made = await seed_tags(sessions)
+    insert_link = "insert into task_tags (user_id, task_id, tag_id) values (%s, %s, %s)"
+    with psycopg.connect(db_url.owner if role == "owner" else db_url.admin) as conn:
+        if role == "owner":
+            conn.execute("alter table task_tags no force row level security")
+        # The control: a link of alice's own task to her own tag goes through.
+        conn.execute(insert_link, link_values(made, "alice", "alice", "alice"))
+        with pytest.raises(psycopg.errors.ForeignKeyViolation) as exc:
+            conn.execute(insert_link, link_values(made, user, task_of, tag_of))
+        assert exc.value.diag.constraint_name == constraint
+        conn.rollback()
+    assert stored_rows(admin_conn, TaskTag) == SEEDED["task_tags"]
+    assert admin_conn.execute(
+        "select relforcerowsecurity from pg_class where oid = 'task_tags'::regclass"
+    ).fetchone() == (True,)
+
+
+@pytest.mark.parametrize(("user", "task_of", "tag_of", "constraint"), CROSS_LINKS)
+async def test_a_link_across_users_is_refused_to_the_runtime_role(
+    sessions: UserSessions,
+    admin_conn: psycopg.Connection,
+    user: str,
+    task_of: str,
+    tag_of: str,
+    constraint: str,
+) -> None:
+    """As alice, with the ids of bob's rows in hand: a link in alice's name fails its
+    foreign key (which the API answers as a 404), one in bob's name the insert policy."""
+    made = await seed_tags(sessions)
+    user_id, task_id, tag_id = link_values(made, user, task_of, tag_of)
+    with pytest.raises(DBAPIError) as exc:
+        async with sessions.transaction("alice") as session:
+            await session.execute(insert(TaskTag).values(user_id=user_id, task_id=task_id, tag_id=tag_id))
+    if user == "alice":
+        assert getattr(exc.value.orig, "sqlstate", None) == "23503"
+        assert constraint in str(exc.value.orig)
+    else:
+        assert_rls_violation(exc)
+    assert stored_rows(admin_conn, TaskTag) == SEEDED["task_tags"]
+
+
+async def test_a_task_cannot_name_another_users_task_as_its_next_occurrence(
+    sessions: UserSessions, admin_conn: psycopg.Connection
+) -> None:
+    ids = await seed(sessions)
+    with pytest.raises(DBAPIError) as exc:
+        async with sessions.transaction("alice") as session:
+            await session.execute(
+                update(Task).where(Task.id == ids["alice"][0]).values(next_task_id=ids["bob"][0])
+            )
+    assert getattr(exc.value.orig, "sqlstate", None) == "23503"
+    assert admin_conn.execute("select count(*) from tasks where next_task_id is not null").fetchone() == (0,)
+
+
 # --- pooled connections -------------------------------------------------------------
 
 
