@@ -3,6 +3,8 @@ same session code the app uses (app.session.UserSessions: `transaction` gives th
 request's signed context to an ORM session, `connection` is what the routes run on),
 see and change only the current user's rows; with no user set they see and change nothing."""
 
+import re
+
 import asyncpg
 import httpx
 import psycopg
@@ -578,23 +580,61 @@ async def test_the_owner_role_is_held_to_rls_too(db_url: DbUrls, sessions: UserS
 # --- through HTTP, with the routes' own filters removed ---------------------------
 
 
-async def test_routes_stay_isolated_without_their_explicit_filters(
-    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import app.routes.tasks as routes
+# Every owner filter the routes send: the caller's id, $1, compared with a user_id.
+OWNER_FILTERED = re.compile(r"user_id\s*=\s*\$1\b")
 
-    # A filter that passes every row (it still names $1, the caller, as every statement binds it).
-    monkeypatch.setattr(routes, "OWNER_FILTER", "$1::text is not null")
-    unfiltered = [
-        routes._get_sql(routes.OWNER_FILTER),
-        routes._delete_sql(routes.OWNER_FILTER),
-        routes._update_sql(routes.OWNER_FILTER, ""),
-        routes._list_sql(
-            routes.OWNER_FILTER, routes.StatusFilter.all, routes.SortField.created, routes.SortOrder.desc
+
+def route_statements() -> list[str]:
+    """Every statement of the task and tag routes, built with the modules' OWNER_FILTER
+    as it stands, the list with every optional filter at once."""
+    import app.routes.tags as tags
+    import app.routes.tasks as tasks
+
+    every_filter = ("priority", "due_before", "due_after", "tag", "q")
+    return [
+        tasks._get_sql(tasks.OWNER_FILTER),
+        tasks._delete_sql(tasks.OWNER_FILTER),
+        tasks._update_sql(tasks.OWNER_FILTER, ""),
+        tasks._lock_sql(tasks.OWNER_FILTER),
+        tasks._spawn_sql(tasks.OWNER_FILTER),
+        tasks._list_sql(
+            tasks.OWNER_FILTER, tasks.StatusFilter.all, tasks.SortField.created, tasks.SortOrder.desc
         ),
+        tasks._list_sql(
+            tasks.OWNER_FILTER,
+            tasks.StatusFilter.pending,
+            tasks.SortField.relevance,
+            tasks.SortOrder.desc,
+            every_filter,
+            overdue=True,
+        ),
+        tags._list_sql(),
+        tags._find_sql(),
+        tags._touch_sql(),
+        tags._rename_sql(),
+        tags._merge_sql(),
+        tags._answer_sql(),
+        tags._delete_sql(),
     ]
-    assert not any("tasks.user_id" in statement for statement in unfiltered), unfiltered
 
+
+@pytest.fixture
+def without_owner_filters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task and tag routes with their explicit owner filters swapped for one that
+    passes every row (it still names $1, the caller, as every statement binds it)."""
+    import app.routes.tags as tags
+    import app.routes.tasks as tasks
+
+    assert all(OWNER_FILTERED.search(statement) for statement in route_statements())
+    passes_all = "$1::text is not null"
+    monkeypatch.setattr(tasks, "OWNER_FILTER", passes_all)
+    monkeypatch.setattr(tags, "OWNER_FILTER", passes_all)
+    unfiltered = route_statements()
+    assert not any(OWNER_FILTERED.search(statement) for statement in unfiltered), unfiltered
+
+
+@pytest.mark.usefixtures("without_owner_filters")
+async def test_routes_stay_isolated_without_their_explicit_filters(client: httpx.AsyncClient) -> None:
     bobs = (await client.post("/api/bob/tasks", json={"title": "bob's"}, headers=auth("bob"))).json()
     await client.post("/api/alice/tasks", json={"title": "alice's"}, headers=auth("alice"))
     alice = auth("alice")
@@ -607,8 +647,68 @@ async def test_routes_stay_isolated_without_their_explicit_filters(
     assert (await client.put(url, json={"title": "x"}, headers=alice)).status_code == 404
     assert (await client.patch(url, json={"title": "x"}, headers=alice)).status_code == 404
     assert (await client.patch(f"{url}/complete", headers=alice)).status_code == 404
+    assert (await client.patch(url, json={"tags": ["x"]}, headers=alice)).status_code == 404
     assert (await client.delete(url, headers=alice)).status_code == 404
     assert (await client.get(f"/api/bob/tasks/{bobs['id']}", headers=auth("bob"))).json() == bobs
+
+
+@pytest.mark.usefixtures("without_owner_filters")
+async def test_tag_routes_the_tag_filter_and_search_stay_isolated_without_their_explicit_filters(
+    client: httpx.AsyncClient,
+) -> None:
+    alice, bob = auth("alice"), auth("bob")
+    for title, tags in [("bob's groceries", ["Shared", "BobOnly"]), ("bob's second", ["shared"])]:
+        made = await client.post("/api/bob/tasks", json={"title": title, "tags": tags}, headers=bob)
+        assert made.status_code == 201
+    for title, tags in [("alice's", ["shared"]), ("alice's other", ["mine"])]:
+        made = await client.post("/api/alice/tasks", json={"title": title, "tags": tags}, headers=alice)
+        assert made.status_code == 201
+
+    async def bobs_view() -> tuple[str, str]:
+        bobs_tags = await client.get("/api/bob/tags", headers=bob)
+        bobs_tasks = await client.get("/api/bob/tasks", headers=bob)
+        return bobs_tags.text, bobs_tasks.text
+
+    before = await bobs_view()
+
+    async def listed(path: str, **params: object) -> tuple[list[object], str]:
+        response = await client.get(path, params=params, headers=alice)
+        assert response.status_code == 200, response.text
+        return response.json(), response.headers["X-Total-Count"]
+
+    assert await listed("/api/alice/tags") == (
+        [{"name": "mine", "tasks": 1}, {"name": "shared", "tasks": 1}],
+        "2",
+    )
+
+    async def titles(**params: object) -> tuple[list[object], str]:
+        tasks, total = await listed("/api/alice/tasks", **params)
+        return [task["title"] for task in tasks], total  # type: ignore[index]
+
+    assert await titles(tag="shared") == (["alice's"], "1")
+    assert await titles(tag="bobonly") == ([], "0")
+    assert await titles(tag=["shared", "bobonly"]) == ([], "0")
+    assert await titles(q="groceries") == ([], "0")
+    assert await titles(q="second", tag="shared") == ([], "0")
+
+    missing = {"detail": "Tag not found"}
+    renamed = await client.patch("/api/alice/tags/bobonly", json={"name": "x"}, headers=alice)
+    assert (renamed.status_code, renamed.json()) == (404, missing)
+    deleted = await client.delete("/api/alice/tags/bobonly", headers=alice)
+    assert (deleted.status_code, deleted.json()) == (404, missing)
+    # bob's tag of the new name is no clash; alice's own is, until she merges.
+    renamed = await client.patch("/api/alice/tags/mine", json={"name": "BobOnly"}, headers=alice)
+    assert (renamed.status_code, renamed.json()) == (200, {"name": "BobOnly", "tasks": 1})
+    clash = await client.patch("/api/alice/tags/bobonly", json={"name": "SHARED"}, headers=alice)
+    assert clash.status_code == 409
+    merged = await client.patch("/api/alice/tags/bobonly?merge=true", json={"name": "SHARED"}, headers=alice)
+    assert (merged.status_code, merged.json()) == (200, {"name": "shared", "tasks": 2})
+    assert (await client.delete("/api/alice/tags/shared", headers=alice)).status_code == 204
+    assert await listed("/api/alice/tags") == ([], "0")
+    assert await titles() == (["alice's other", "alice's"], "2")
+
+    # Not a row of bob's changed: his tags, their counts, his tasks and their updated_at.
+    assert await bobs_view() == before
 
 
 async def test_engine_fixture_connects_as_the_runtime_role(engine: AsyncEngine) -> None:
