@@ -31,7 +31,10 @@ router = APIRouter(
 )
 
 TAG_NOT_FOUND = "Tag not found"
-PathTagName = Annotated[TagName, Path(description="The tag's name (any case)")]
+# Routed as {name:path}: a tag's name may hold "/", which arrives decoded from %2F, and
+# a plain {name} would match no route for it, so that such a tag could never be renamed
+# or deleted (tests/routes/test_tags.py).
+PathTagName = Annotated[TagName, Path(description="The tag's name (any case), percent-encoded")]
 _NOT_FOUND_RESPONSE: dict[int | str, dict[str, Any]] = {404: {"description": TAG_NOT_FOUND}}
 
 
@@ -145,7 +148,7 @@ async def _find(connection: UserConnection, subject: str, name: str) -> int:
 
 
 @router.patch(
-    "/{name}",
+    "/{name:path}",
     response_model=TagPublic,
     responses={
         **_NOT_FOUND_RESPONSE,
@@ -178,7 +181,7 @@ async def rename_tag(
     return _json(cast(str, await connection.fetchval(_answer_sql(), subject, target)))
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND_RESPONSE)
+@router.delete("/{name:path}", status_code=status.HTTP_204_NO_CONTENT, responses=_NOT_FOUND_RESPONSE)
 async def delete_tag(name: PathTagName, connection: UserConnection, subject: CurrentSubject) -> None:
     """Delete a tag: it leaves every task that carried it."""
     tag_id = await _find(connection, subject, name)

@@ -447,3 +447,21 @@ async def test_bad_renames_and_bad_names_in_the_path_are_422_and_change_nothing(
             assert response.json()["detail"][0]["loc"] == ["path", "name"]
     assert await etags(client, task) == before
     assert admin_conn.execute("select * from tags").fetchall() == stored
+
+
+@pytest.mark.parametrize("name", ["a/b", "/", "a/", "50%", "what?", "#1", "a+b", "x&y=z", "..", "."])
+async def test_a_tag_of_any_valid_name_can_be_renamed_and_deleted_by_it(
+    client: httpx.AsyncClient, name: str
+) -> None:
+    task = await create(client, "task", [name])
+    assert task["tags"] == [name]
+    assert await titles(client, tag=name) == ["task"]
+    # Percent-encoded, dots too: a client would otherwise resolve "." and ".." as path steps.
+    path = f"{TAGS}/{quote(name, safe='').replace('.', '%2E')}"
+    renamed = await client.patch(path, json={"name": name + "!"}, headers=ALICE)
+    assert (renamed.status_code, renamed.json()) == (200, {"name": name + "!", "tasks": 1}), renamed.text
+    assert await tags_of(client, task["id"]) == [name + "!"]
+    deleted = await client.delete(f"{path}%21", headers=ALICE)
+    assert deleted.status_code == 204, deleted.text
+    assert await tags_of(client, task["id"]) == []
+    assert await listed_tags(client) == {}
