@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 TITLE_MAX = 200
 DESCRIPTION_MAX = 1000
 TAG_MAX = 50
+# What fold_tag makes of a name of TAG_MAX characters at most: NFKC makes 18 of one (U+FDFA).
+TAG_FOLDED_MAX = TAG_MAX * 18
 TAGS_PER_TASK = 20
 
 
@@ -163,7 +165,7 @@ class Tag(SQLModel, table=True):
         default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True)
     )
     name: str = Field(sa_column=Column(String(TAG_MAX), nullable=False))
-    folded: str = Field(sa_column=Column(String(200), nullable=False))
+    folded: str = Field(sa_column=Column(String(TAG_FOLDED_MAX), nullable=False))
     created_at: datetime | None = Field(
         default=None,
         sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),

@@ -465,3 +465,35 @@ async def test_a_tag_of_any_valid_name_can_be_renamed_and_deleted_by_it(
     assert deleted.status_code == 204, deleted.text
     assert await tags_of(client, task["id"]) == []
     assert await listed_tags(client) == {}
+
+
+def test_folding_a_name_makes_at_most_what_the_database_keeps(admin_conn: psycopg.Connection) -> None:
+    """NFKC makes 18 characters of one (U+FDFA), in composed or decomposed form: a name of
+    50 folds to at most 900, which tags.folded must hold."""
+    import sys
+    import unicodedata
+
+    from app.models import TAG_FOLDED_MAX, TAG_MAX, fold_tag
+
+    def decomposed(c: str) -> str:
+        return unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", c).casefold())
+
+    characters = (chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF)
+    longest = max(max(len(fold_tag(c)), len(decomposed(c))) for c in characters)
+    assert longest == 18
+    row = admin_conn.execute(
+        "select character_maximum_length from information_schema.columns"
+        " where table_name = 'tags' and column_name = 'folded'"
+    ).fetchone()
+    assert TAG_MAX * longest <= TAG_FOLDED_MAX == (row[0] if row else None)
+
+
+async def test_a_name_of_50_characters_that_folds_to_900_is_a_tag(client: httpx.AsyncClient) -> None:
+    name = "\ufdfa" * 50  # each folds to 18 characters
+    task = await create(client, "task", [name])
+    assert task["tags"] == [name]
+    assert await titles(client, tag=name) == ["task"]
+    other = "\ufdfb" * 50
+    renamed = await client.patch(tag_path(name), json={"name": other}, headers=ALICE)
+    assert (renamed.status_code, renamed.json()) == (200, {"name": other, "tasks": 1})
+    assert (await client.delete(tag_path(other), headers=ALICE)).status_code == 204
