@@ -1,5 +1,6 @@
-"""Attacks on the running service over HTTP: other users' paths and ids, forged tokens,
-hostile user ids in the path. None may answer 5xx, show another user's row, or change one.
+"""Attacks on the running service over HTTP: other users' paths, ids and tag names,
+forged tokens, hostile user ids in the path, search terms. None may answer 5xx, show
+another user's row, or change one.
 
 One real server (uvicorn in a subprocess) for the module. After every test, the victim's
 rows, read by a superuser that row-level security does not bind, are byte-for-byte what
@@ -30,6 +31,8 @@ MISSING_ID = 2**62  # a valid id that no row has
 FORBIDDEN = {"detail": "token subject does not match the user_id in the path"}
 NO_ROUTE = {"detail": "Not Found"}
 
+# The victim's tags. Attackers ask for them by name on their own paths.
+VICTIM_TAGS = ["Finance", "Secret", "family", "Project X"]
 # (method, path under /api/{user_id}, body). {id} is a task id.
 ROUTES = [
     ("GET", "/tasks", None),
@@ -39,6 +42,9 @@ ROUTES = [
     ("PATCH", "/tasks/{id}", {"title": "pwned", "completed": True}),
     ("DELETE", "/tasks/{id}", None),
     ("PATCH", "/tasks/{id}/complete", None),
+    ("GET", "/tags", None),
+    ("PATCH", "/tags/secret", {"name": "pwned"}),
+    ("DELETE", "/tags/secret", None),
 ]
 TASK_ROUTES = [route for route in ROUTES if "{id}" in route[1]]
 
@@ -58,9 +64,15 @@ def task_path(user: str, route_path: str, task_id: int) -> str:
 
 
 def snapshot(service: LiveService, user: str = VICTIM) -> str:
-    """The user's rows as the database stores them, as JSON text."""
+    """The user's rows as the database stores them (tasks, tags and the links between
+    them), as JSON text."""
     row = service.admin.execute(
-        "select coalesce(json_agg(t order by t.id), '[]')::text from tasks t where t.user_id = %s", (user,)
+        "select json_build_object("
+        " 'tasks', (select coalesce(json_agg(t order by t.id), '[]') from tasks t where t.user_id = %(u)s),"
+        " 'tags', (select coalesce(json_agg(g order by g.id), '[]') from tags g where g.user_id = %(u)s),"
+        " 'task_tags', (select coalesce(json_agg(l order by l.task_id, l.tag_id), '[]')"
+        "  from task_tags l where l.user_id = %(u)s))::text",
+        {"u": user},
     ).fetchone()
     assert row is not None
     return str(row[0])
@@ -122,9 +134,9 @@ def create(http: httpx.Client, user: str, title: str, **body: Any) -> dict[str, 
 @pytest.fixture(scope="module")
 def victim_ids(http: httpx.Client) -> list[int]:
     tasks = [
-        create(http, VICTIM, "pay rent", description="before the 5th"),
-        create(http, VICTIM, "call mum", description="ünïcødé 🙂"),
-        create(http, VICTIM, "secret plan"),
+        create(http, VICTIM, "pay rent", description="before the 5th", tags=["Finance", "Secret"]),
+        create(http, VICTIM, "call mum", description="ünïcødé 🙂", tags=["family"]),
+        create(http, VICTIM, "secret plan", tags=["Secret", "Project X"]),
     ]
     done = http.patch(f"/api/{VICTIM}/tasks/{tasks[1]['id']}/complete", headers=bearer(make_token(VICTIM)))
     assert done.status_code == 200
@@ -135,7 +147,9 @@ def victim_ids(http: httpx.Client) -> list[int]:
 @pytest.fixture(autouse=True)
 def victims_rows_are_unchanged(service: LiveService, victim_ids: list[int]) -> Iterator[None]:
     before = snapshot(service)
-    assert len(json.loads(before)) == len(victim_ids)
+    stored = json.loads(before)
+    assert len(stored["tasks"]) == len(victim_ids)
+    assert sorted(tag["name"] for tag in stored["tags"]) == sorted(VICTIM_TAGS)
     yield
     assert snapshot(service) == before, "an attack changed the victim's rows"
 
@@ -487,3 +501,176 @@ def test_a_body_naming_the_victim_is_refused_and_writes_nothing(
                     method, f"/api/{MALLORY}{path.format(id=victim_ids[0])}", json=body, headers=token
                 )
                 assert_clean(response, 404, 422)
+
+
+# --- another user's tags and words -----------------------------------------------------
+
+
+def same_answer(response: httpx.Response, other: httpx.Response) -> bool:
+    return (response.status_code, response.content, same_headers(response)) == (
+        other.status_code,
+        other.content,
+        same_headers(other),
+    )
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [["Secret"], ["secret"], ["SECRET", "family"], ["Project X"], ["finance", "no such tag"]],
+    ids=lambda tags: "+".join(tags),
+)
+def test_the_victims_tag_names_in_the_filter_are_the_same_answer_as_a_missing_tag(
+    http: httpx.Client, victim_ids: list[int], tags: list[str]
+) -> None:
+    token = bearer(make_token(MALLORY))
+    path = f"/api/{MALLORY}/tasks"
+    missing = http.get(path, params={"tag": "no such tag"}, headers=token)
+    assert_clean(missing, 200)
+    assert (missing.json(), missing.headers["X-Total-Count"]) == ([], "0")
+    for extra in ({}, {"status": "all", "sort": "title"}, {"q": "rent"}):
+        foreign = http.get(path, params={"tag": tags, **extra}, headers=token)
+        assert_clean(foreign, 200)
+        assert same_answer(foreign, http.get(path, params={"tag": "no such tag", **extra}, headers=token))
+        assert foreign.json() == [], (tags, extra)
+
+
+def test_the_victims_tag_names_are_the_same_404_as_a_missing_tag_to_rename_and_delete(
+    http: httpx.Client, victim_ids: list[int]
+) -> None:
+    token = bearer(make_token(MALLORY))
+    for method, body, params in [
+        ("PATCH", {"name": "pwned"}, {}),
+        ("PATCH", {"name": "pwned"}, {"merge": "true"}),
+        ("PATCH", {"name": "Finance"}, {"merge": "true"}),
+        ("DELETE", None, {}),
+    ]:
+
+        def ask(name: str) -> httpx.Response:
+            path = f"/api/{MALLORY}/tags/{quote(name, safe='')}"
+            return http.request(method, path, json=body, params=params, headers=token)  # noqa: B023
+
+        missing = ask("no such tag")
+        assert_clean(missing, 404)
+        assert missing.json() == {"detail": "Tag not found"}
+        for name in [*VICTIM_TAGS, "secret", "SECRET", "project x"]:
+            assert same_answer(ask(name), missing), (method, params, name)
+
+
+def test_names_the_victim_has_are_yours_to_make_rename_and_merge_apart_from_theirs(
+    http: httpx.Client, victim_ids: list[int]
+) -> None:
+    user = "eve-names"
+    token = bearer(make_token(user))
+    base = f"/api/{user}"
+
+    def call(method: str, path: str, body: Any = None, **params: Any) -> httpx.Response:
+        response = http.request(method, base + path, json=body, params=params, headers=token)
+        if path.startswith("/tasks"):
+            assert_only_own(response, user)
+        return response
+
+    # Making a tag of a name the victim has: your own, in your own spelling.
+    assert create(http, user, "mine", tags=["secret"])["tags"] == ["secret"]
+    assert create(http, user, "other", tags=["mine"])["tags"] == ["mine"]
+    # Renaming to a name only the victim has is no clash.
+    renamed = call("PATCH", "/tags/mine", {"name": "Finance"})
+    assert (renamed.status_code, renamed.json()) == (200, {"name": "Finance", "tasks": 1})
+    # Onto a name of your own it is, and a merge merges into yours.
+    assert_clean(call("PATCH", "/tags/finance", {"name": "SECRET"}), 409)
+    merged = call("PATCH", "/tags/finance", {"name": "SECRET"}, merge="true")
+    assert (merged.status_code, merged.json()) == (200, {"name": "secret", "tasks": 2})
+    listed = call("GET", "/tags")
+    assert (listed.json(), listed.headers["X-Total-Count"]) == ([{"name": "secret", "tasks": 2}], "1")
+    # A name with a slash, as the real server decodes %2F.
+    slashed = create(http, user, "slashed", tags=["a/b"])
+    renamed = call("PATCH", "/tags/a%2Fb", {"name": "family"})
+    assert (renamed.status_code, renamed.json()) == (200, {"name": "family", "tasks": 1})
+    for name in ("secret", "family"):
+        assert_clean(call("DELETE", f"/tags/{name}"), 204)
+    assert call("GET", "/tags").json() == []
+    assert call("GET", f"/tasks/{slashed['id']}").json()["tags"] == []
+    assert [task["tags"] for task in call("GET", "/tasks").json()] == [[], [], []]
+
+
+def test_counts_and_totals_are_the_callers_alone_whatever_others_hold(
+    http: httpx.Client, victim_ids: list[int]
+) -> None:
+    user = "eve-counts"
+    token = bearer(make_token(user))
+    create(http, user, "rent due", tags=["Secret", "Finance"])
+    create(http, user, "plans", tags=["secret"])
+    queries: list[tuple[str, dict[str, Any], list[Any], str]] = [
+        ("/tags", {}, [{"name": "Finance", "tasks": 1}, {"name": "Secret", "tasks": 2}], "2"),
+        ("/tasks", {"tag": "secret", "sort": "title"}, ["plans", "rent due"], "2"),
+        ("/tasks", {"tag": ["secret", "finance"]}, ["rent due"], "1"),
+        ("/tasks", {"q": "rent"}, ["rent due"], "1"),
+        ("/tasks", {"q": "plan", "tag": "secret", "sort": "relevance"}, ["plans"], "1"),
+        ("/tasks", {"tag": "family"}, [], "0"),
+    ]
+
+    def answers() -> list[tuple[bytes, dict[str, str]]]:
+        seen = []
+        for path, params, expected, total in queries:
+            response = http.get(f"/api/{user}{path}", params=params, headers=token)
+            assert_clean(response, 200)
+            body = response.json()
+            assert [item.get("title", item) for item in body] == expected, (path, params)
+            assert response.headers["X-Total-Count"] == total, (path, params)
+            seen.append((response.content, same_headers(response)))
+        return seen
+
+    before = answers()
+    # Another user (the victim's rows are held still) takes the same tags and words.
+    for n in range(3):
+        create(http, "bystander", f"rent plan {n}", tags=["Secret", "finance", "family"])
+    assert answers() == before
+
+
+@pytest.mark.parametrize("q", ["rent", "pay rent", "RENT", "mum", "ünïcødé", "secret plan", "secr", "5th"])
+def test_search_terms_that_only_the_victims_tasks_match_find_nothing(
+    http: httpx.Client, victim_ids: list[int], q: str
+) -> None:
+    token = bearer(make_token(MALLORY))
+    path = f"/api/{MALLORY}/tasks"
+    for extra in ({}, {"sort": "relevance"}, {"status": "pending", "tag": "Secret"}):
+        found = http.get(path, params={"q": q, **extra}, headers=token)
+        assert_clean(found, 200)
+        assert (found.json(), found.headers["X-Total-Count"]) == ([], "0"), (q, extra)
+        assert same_answer(found, http.get(path, params={"q": "zzyzx", **extra}, headers=token))
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"tag": "' OR '1'='1"},
+        {"tag": "secret' --"},
+        {"tag": "%"},
+        {"tag": "_"},
+        {"tag": "*"},
+        {"tag": ["Secret"] * 20},
+        {"tag": [f"t{n}" for n in range(21)]},
+        {"tag": "x" * 51},
+        {"q": "' OR 1=1 --"},
+        {"q": "rent | mum"},
+        {"q": "!rent"},
+        {"q": "rent:*"},
+        {"q": "(secret"},
+        {"q": "&"},
+        {"q": "\\"},
+        {"q": "%"},
+        {"q": "a" * 200},
+        {"q": "a" * 201},
+        {"q": "rent", "sort": "relevance; drop table tags"},
+    ],
+    ids=lambda query: "&".join(
+        f"{k}={v}"[:40] if isinstance(v, str) else f"{k}={len(v)} values" for k, v in query.items()
+    ),
+)
+def test_hostile_tag_and_search_parameters_are_answered_with_your_own_rows_or_422(
+    http: httpx.Client, victim_ids: list[int], query: dict[str, Any]
+) -> None:
+    response = http.get(f"/api/{MALLORY}/tasks", params=query, headers=bearer(make_token(MALLORY)))
+    assert_clean(response, 200, 422)
+    assert_only_own(response, MALLORY)
+    if response.status_code == 200:
+        assert not {task["id"] for task in response.json()} & set(victim_ids)
