@@ -38,8 +38,8 @@ ROUTES = [
     ("GET", "/tasks", None),
     ("POST", "/tasks", {"title": "pwned"}),
     ("GET", "/tasks/{id}", None),
-    ("PUT", "/tasks/{id}", {"title": "pwned", "description": "pwned", "completed": True}),
-    ("PATCH", "/tasks/{id}", {"title": "pwned", "completed": True}),
+    ("PUT", "/tasks/{id}", {"title": "pwned", "description": "pwned", "completed": True, "tags": ["pwned"]}),
+    ("PATCH", "/tasks/{id}", {"title": "pwned", "completed": True, "tags": ["Secret"]}),
     ("DELETE", "/tasks/{id}", None),
     ("PATCH", "/tasks/{id}/complete", None),
     ("GET", "/tags", None),
@@ -181,6 +181,8 @@ def test_the_victims_task_id_on_your_own_path_is_the_same_404_as_a_missing_id(
         assert foreign.status_code == 404
         assert foreign.content == missing.content
         assert same_headers(foreign) == same_headers(missing)
+    # Tags named in a write that found no task were made for no one.
+    assert http.get(f"/api/{MALLORY}/tags", headers=token).json() == []
 
 
 def test_your_own_list_never_holds_the_victims_tasks(http: httpx.Client, victim_ids: list[int]) -> None:

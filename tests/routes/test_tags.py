@@ -113,6 +113,21 @@ async def test_changing_a_tasks_tags_changes_its_etag_and_a_stale_if_match_chang
     assert await listed_tags(client) == {"a": 0, "b": 1}
 
 
+async def test_a_write_that_fails_sets_no_tags(client: httpx.AsyncClient) -> None:
+    task = await create(client, "water plants", ["a"], due_at="2027-03-01T09:00:00Z", recurrence="weekly")
+    url = f"{TASKS}/{task['id']}"
+    # Valid tags, and a due date the recurring task cannot lose: the whole write is refused.
+    refused = await client.patch(url, json={"tags": ["b"], "due_at": None}, headers=ALICE)
+    assert refused.status_code == 422
+    assert (await fetch(client, task["id"])).json() == task
+    for method in ("PUT", "PATCH"):
+        missing = await client.request(
+            method, f"{TASKS}/999999", json={"title": "t", "tags": ["c"]}, headers=ALICE
+        )
+        assert missing.status_code == 404
+    assert await listed_tags(client) == {"a": 1}
+
+
 async def test_deleting_a_task_takes_it_out_of_its_tags_counts(client: httpx.AsyncClient) -> None:
     kept = await create(client, "kept", ["a"])
     gone = await create(client, "gone", ["a", "b"])
