@@ -56,10 +56,11 @@ def upgrade() -> None:
         "tags",
         sa.Column("user_id", sa.String(255), nullable=False),
         sa.Column("id", sa.BigInteger, sa.Identity(always=True), nullable=False),
-        # As the user first wrote it; `folded` is what names are matched by (Python's
-        # str.casefold, app/models.py), the same for every way in and every locale.
+        # As the user first wrote it; `folded` is what names are matched by (NFKC case
+        # folding, app.models.fold_tag), the same for every way in and every locale.
+        # NFKC makes up to 18 characters of one (U+FDFA): 50 fold to at most 900.
         sa.Column("name", sa.String(50), nullable=False),
-        sa.Column("folded", sa.String(200), nullable=False),
+        sa.Column("folded", sa.String(900), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.PrimaryKeyConstraint("user_id", "id", name="tags_pkey"),
         sa.CheckConstraint(
