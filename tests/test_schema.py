@@ -167,3 +167,12 @@ async def test_list_query_uses_the_user_index_on_a_large_table(
             plan = "\n".join(row[0] for row in await connection.fetch(f"explain {statement}", *parameters))
             assert "Seq Scan" not in plan, plan
             assert "Index" in plan, plan
+
+
+def test_the_database_refuses_the_tag_names_the_api_refuses(admin_conn: psycopg.Connection) -> None:
+    # The check names code points (C0, DEL, C1), not a locale's [[:cntrl:]]: the same
+    # characters app.models refuses, on a database of any locale.
+    for bad in ["a\x07b", "a\x7fb", "a\x85b", " padded", ""]:
+        with pytest.raises(psycopg.errors.CheckViolation), admin_conn.transaction():
+            admin_conn.execute("insert into tags (user_id, name, folded) values ('u', %s, 'x')", (bad,))
+    admin_conn.execute("insert into tags (user_id, name, folded) values ('u', %s, 'x')", ("a\u2028b é",))

@@ -64,7 +64,10 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.PrimaryKeyConstraint("user_id", "id", name="tags_pkey"),
         sa.CheckConstraint(
-            "char_length(name) between 1 and 50 and name = btrim(name) and name !~ '[[:cntrl:]]'",
+            # The control characters app.models refuses (C0, DEL, C1), as code points: a
+            # class such as [[:cntrl:]] would depend on the database's locale.
+            "char_length(name) between 1 and 50 and name = btrim(name)"
+            " and name !~ '[\\x01-\\x1f\\x7f-\\x9f]'",
             name="tags_name_valid",
         ),
         sa.CheckConstraint("char_length(folded) >= 1", name="tags_folded_valid"),
@@ -79,7 +82,10 @@ def upgrade() -> None:
         sa.Column("tag_id", sa.BigInteger, nullable=False),
         sa.PrimaryKeyConstraint("user_id", "task_id", "tag_id", name="task_tags_pkey"),
         sa.ForeignKeyConstraint(
-            ["user_id", "task_id"], ["tasks.user_id", "tasks.id"], name="task_tags_task_fkey", ondelete="CASCADE"
+            ["user_id", "task_id"],
+            ["tasks.user_id", "tasks.id"],
+            name="task_tags_task_fkey",
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
             ["user_id", "tag_id"], ["tags.user_id", "tags.id"], name="task_tags_tag_fkey", ondelete="CASCADE"
