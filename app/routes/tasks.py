@@ -320,10 +320,20 @@ def _spawn_sql(owner_filter: str) -> str:
 
 def _set(fields: tuple[str, ...]) -> str:
     """Assignments of `fields` (model field names) to $3, $4, ... ."""
-    assignments = "".join(f"{name} = ${i}, " for i, name in enumerate(fields, start=3))
-    if "due_at" in fields:
-        # A due date the user sets starts a monthly series afresh on its own day.
-        assignments += "recurrence_day = null, "
+    numbers = {name: i for i, name in enumerate(fields, start=3)}
+    assignments = "".join(f"{name} = ${i}, " for name, i in numbers.items())
+    # A due date or a recurrence that the write changes starts a monthly series afresh,
+    # on the due date's own day. Not the same values sent again, as a PUT of the task as
+    # read sends them: that keeps the series' day (the 31st, now due on Feb 28).
+    changed = [
+        f"tasks.{name} is distinct from ${numbers[name]}"
+        for name in ("due_at", "recurrence")
+        if name in numbers
+    ]
+    if changed:
+        assignments += (
+            f"recurrence_day = case when {' or '.join(changed)} then null else tasks.recurrence_day end, "
+        )
     return assignments
 
 
