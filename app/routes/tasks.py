@@ -349,9 +349,16 @@ def _lock_sql(owner_filter: str) -> str:
 
 @cache
 def _delete_sql(owner_filter: str) -> str:
+    """Deletes task $2, answering its id. A task whose next occurrence it was loses the
+    link (the foreign key sets next_task_id to null): a change of that task like any
+    other, so its updated_at changes too, in the same statement."""
+    owner = _owner(owner_filter, "tasks")
     return (
-        "delete from public.tasks tasks"  # noqa: S608
-        f" where tasks.id = $2 and {_owner(owner_filter, 'tasks')} returning tasks.id"
+        "with gone as (delete from public.tasks tasks"  # noqa: S608
+        f" where tasks.id = $2 and {owner} returning tasks.id),"
+        " unlinked as (update public.tasks tasks set updated_at = now()"
+        f" where tasks.next_task_id in (select gone.id from gone) and {owner})"
+        " select gone.id from gone"
     )
 
 
