@@ -273,11 +273,26 @@ def _get_sql(owner_filter: str) -> str:
     return _one(f"select *, {_VERSION} from public.tasks tasks where tasks.id = $2 and {owner}")  # noqa: S608
 
 
+def _anchor(row: str) -> str:
+    """The day of the month recurring task `row`'s series started on."""
+    return f"coalesce({row}.recurrence_day, extract(day from {row}.due_at at time zone 'UTC')::int)"
+
+
+def _next_due(row: str) -> str:
+    """When the next occurrence of recurring task `row` is due (sql/task_functions.sql)."""
+    return f"app.next_due({row}.due_at, {row}.recurrence::text, {_anchor(row)})"
+
+
 # Whether the write just made a recurring task completed that has no next occurrence yet:
 # `old` is the row as the statement began. Under a concurrent write of the same task the
 # update waits for the row and then sees its latest version, next_task_id included, so
 # two requests completing it at once still make one successor (tests/routes/test_recurrence.py).
-_SPAWNS = ", (t.completed and not old.completed and t.recurrence is not null and t.next_task_id is null)"
+# A series ends where its next due date would be past 9999 in UTC, which no answer could
+# show as a date-time (app.models.DueAt refuses it as input).
+_SPAWNS = (
+    ", (t.completed and not old.completed and t.recurrence is not null and t.next_task_id is null"
+    f" and {_next_due('t')} < timestamptz '10000-01-01 00:00:00+00')"
+)
 
 
 @cache
@@ -299,7 +314,6 @@ def _spawn_sql(owner_filter: str) -> str:
     """Makes the next occurrence of task $2 (completed, recurring, none made yet): the
     same title, description, priority, tags and recurrence, due a period later; records
     it as the task's next_task_id and answers the task as _one does."""
-    anchor = "coalesce(p.recurrence_day, extract(day from p.due_at at time zone 'UTC')::int)"
     return _one(
         f"update public.tasks tasks set next_task_id = successor.id from successor"  # noqa: S608
         f" where tasks.id = $2 and {_owner(owner_filter, 'tasks')} returning tasks.*, {_VERSION}",
@@ -307,7 +321,7 @@ def _spawn_sql(owner_filter: str) -> str:
         " insert into public.tasks as tasks"
         " (user_id, title, description, priority, due_at, recurrence, recurrence_day)"
         " select p.user_id, p.title, p.description, p.priority,"
-        f" app.next_due(p.due_at, p.recurrence::text, {anchor}), p.recurrence, {anchor}"
+        f" {_next_due('p')}, p.recurrence, {_anchor('p')}"
         " from public.tasks p"
         f" where p.id = $2 and {_owner(owner_filter, 'p')} and p.completed"
         " and p.recurrence is not null and p.next_task_id is null"
