@@ -172,6 +172,27 @@ async def test_a_due_date_or_recurrence_the_user_changes_starts_the_series_afres
     )
 
 
+async def test_a_series_ends_where_its_next_due_date_would_be_past_9999(
+    client: httpx.AsyncClient, admin_conn: psycopg.Connection
+) -> None:
+    """No answer could show a due date in year 10000 as a date-time, nor take it back."""
+    last_ones = [
+        ("daily", "9999-12-31T00:00:00Z"),
+        ("weekly", "9999-12-25T00:00:00Z"),
+        ("monthly", "9999-12-01T00:00:00Z"),
+    ]
+    for recurrence, due_at in last_ones:
+        task = await create(client, due_at=due_at, recurrence=recurrence)
+        completed = await toggle(client, task["id"])
+        assert completed["completed"] is True and completed["next_task_id"] is None, recurrence
+    assert count(admin_conn) == len(last_ones)
+    # The day before, a series still makes its occurrence, up to the last moment of 9999.
+    assert await series(client, "9999-12-30T23:59:59.999999Z", "daily", 2) == [
+        "9999-12-30T23:59:59.999999Z",
+        "9999-12-31T23:59:59.999999Z",
+    ]
+
+
 @pytest.mark.parametrize("zone", ["America/New_York", "Pacific/Kiritimati"])
 async def test_the_period_is_reckoned_in_utc_whatever_the_time_zone(
     db_url: DbUrls, admin_conn: psycopg.Connection, zone: str
