@@ -4,11 +4,13 @@ of examples per operation, no 5xx, and every response as the document describes 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.live_server import LiveService, live_service
 from tests.tokens import make_token
 
 EXAMPLES_PER_OPERATION = 25
+SEEDED_TASKS = 20
 
 # Limits off: a fuzzer from one address would soon be answered 429 only.
 service = live_service("fuzz", rate_limit_requests="", rate_limit_writes="")
@@ -22,8 +24,13 @@ def api_schema(service: LiveService) -> schemathesis.BaseSchema:
             # The token as the document's bearer scheme, so that the fuzzer's checks know
             # it is the credential (and can probe the routes without it).
             "auth": {"openapi": {"bearer": {"bearer": make_token("alice")}}},
-            # The token's user, so that requests get past the ownership check.
-            "parameters": {"path.user_id": "alice"},
+            # The token's user, so that requests get past the ownership check; half the
+            # task ids are seeded ones (below), so that writes reach existing tasks.
+            "parameters": {
+                "path.user_id": "alice",
+                "path.task_id": {"dictionary": "seeded_tasks", "probability": 0.5},
+            },
+            "dictionaries": {"seeded_tasks": {"values": list(range(1, SEEDED_TASKS + 1))}},
             "request-timeout": 10,
             # A made-up If-Match can only fail its precondition: 412 is a valid answer to
             # valid data (nothing changes), as 404 is for a made-up task id.
@@ -35,10 +42,15 @@ def api_schema(service: LiveService) -> schemathesis.BaseSchema:
         }
     )
     # Tasks for alice, so that generated ids find some; due, so that a PATCH that makes
-    # one recurring is valid.
+    # one recurring is valid; every fourth recurring, so that a write that completes it
+    # makes its next occurrence.
     service.admin.execute(
-        "insert into tasks (user_id, title, due_at)"
-        " select 'alice', 'seed ' || n, now() + n * interval '1 day' from generate_series(1, 20) n"
+        "insert into tasks (user_id, title, due_at, recurrence)"
+        " select 'alice', 'seed ' || n, now() + n * interval '1 day',"
+        " case when mod(n, 4) = 0"
+        " then (array['daily', 'weekly', 'monthly'])[mod(n, 3) + 1]::task_recurrence end"
+        " from generate_series(1, %s) n",
+        (SEEDED_TASKS,),
     )
     return schemathesis.openapi.from_url(f"{service.base_url}/openapi.json", config=config)
 
@@ -55,4 +67,15 @@ schema = schemathesis.pytest.from_fixture("api_schema")
     suppress_health_check=list(HealthCheck),
 )
 def test_every_operation_answers_as_documented(case: schemathesis.Case) -> None:
-    case.call_and_validate()
+    response = case.call()
+    # A PATCH that would leave a recurring task without a due date is a 422 naming
+    # `recurrence`: the body is valid, the stored task makes it one that cannot be
+    # applied (the document cannot know whether the task has a due date, or recurs).
+    # Only that one error is let through; any other 422 to valid data still fails.
+    refused_for_the_stored_task = (
+        case.method == "PATCH"
+        and response.status_code == 422
+        and [error["type"] for error in response.json()["detail"]] == ["recurrence_without_due_at"]
+    )
+    excluded = [positive_data_acceptance] if refused_for_the_stored_task else []
+    case.validate_response(response, excluded_checks=excluded)

@@ -273,11 +273,26 @@ def _get_sql(owner_filter: str) -> str:
     return _one(f"select *, {_VERSION} from public.tasks tasks where tasks.id = $2 and {owner}")  # noqa: S608
 
 
+def _anchor(row: str) -> str:
+    """The day of the month recurring task `row`'s series started on."""
+    return f"coalesce({row}.recurrence_day, extract(day from {row}.due_at at time zone 'UTC')::int)"
+
+
+def _next_due(row: str) -> str:
+    """When the next occurrence of recurring task `row` is due (sql/task_functions.sql)."""
+    return f"app.next_due({row}.due_at, {row}.recurrence::text, {_anchor(row)})"
+
+
 # Whether the write just made a recurring task completed that has no next occurrence yet:
 # `old` is the row as the statement began. Under a concurrent write of the same task the
 # update waits for the row and then sees its latest version, next_task_id included, so
 # two requests completing it at once still make one successor (tests/routes/test_recurrence.py).
-_SPAWNS = ", (t.completed and not old.completed and t.recurrence is not null and t.next_task_id is null)"
+# A series ends where its next due date would be past 9999 in UTC, which no answer could
+# show as a date-time (app.models.DueAt refuses it as input).
+_SPAWNS = (
+    ", (t.completed and not old.completed and t.recurrence is not null and t.next_task_id is null"
+    f" and {_next_due('t')} < timestamptz '10000-01-01 00:00:00+00')"
+)
 
 
 @cache
@@ -299,7 +314,6 @@ def _spawn_sql(owner_filter: str) -> str:
     """Makes the next occurrence of task $2 (completed, recurring, none made yet): the
     same title, description, priority, tags and recurrence, due a period later; records
     it as the task's next_task_id and answers the task as _one does."""
-    anchor = "coalesce(p.recurrence_day, extract(day from p.due_at at time zone 'UTC')::int)"
     return _one(
         f"update public.tasks tasks set next_task_id = successor.id from successor"  # noqa: S608
         f" where tasks.id = $2 and {_owner(owner_filter, 'tasks')} returning tasks.*, {_VERSION}",
@@ -307,7 +321,7 @@ def _spawn_sql(owner_filter: str) -> str:
         " insert into public.tasks as tasks"
         " (user_id, title, description, priority, due_at, recurrence, recurrence_day)"
         " select p.user_id, p.title, p.description, p.priority,"
-        f" app.next_due(p.due_at, p.recurrence::text, {anchor}), p.recurrence, {anchor}"
+        f" {_next_due('p')}, p.recurrence, {_anchor('p')}"
         " from public.tasks p"
         f" where p.id = $2 and {_owner(owner_filter, 'p')} and p.completed"
         " and p.recurrence is not null and p.next_task_id is null"
@@ -320,10 +334,20 @@ def _spawn_sql(owner_filter: str) -> str:
 
 def _set(fields: tuple[str, ...]) -> str:
     """Assignments of `fields` (model field names) to $3, $4, ... ."""
-    assignments = "".join(f"{name} = ${i}, " for i, name in enumerate(fields, start=3))
-    if "due_at" in fields:
-        # A due date the user sets starts a monthly series afresh on its own day.
-        assignments += "recurrence_day = null, "
+    numbers = {name: i for i, name in enumerate(fields, start=3)}
+    assignments = "".join(f"{name} = ${i}, " for name, i in numbers.items())
+    # A due date or a recurrence that the write changes starts a monthly series afresh,
+    # on the due date's own day. Not the same values sent again, as a PUT of the task as
+    # read sends them: that keeps the series' day (the 31st, now due on Feb 28).
+    changed = [
+        f"tasks.{name} is distinct from ${numbers[name]}"
+        for name in ("due_at", "recurrence")
+        if name in numbers
+    ]
+    if changed:
+        assignments += (
+            f"recurrence_day = case when {' or '.join(changed)} then null else tasks.recurrence_day end, "
+        )
     return assignments
 
 
@@ -339,9 +363,16 @@ def _lock_sql(owner_filter: str) -> str:
 
 @cache
 def _delete_sql(owner_filter: str) -> str:
+    """Deletes task $2, answering its id. A task whose next occurrence it was loses the
+    link (the foreign key sets next_task_id to null): a change of that task like any
+    other, so its updated_at changes too, in the same statement."""
+    owner = _owner(owner_filter, "tasks")
     return (
-        "delete from public.tasks tasks"  # noqa: S608
-        f" where tasks.id = $2 and {_owner(owner_filter, 'tasks')} returning tasks.id"
+        "with gone as (delete from public.tasks tasks"  # noqa: S608
+        f" where tasks.id = $2 and {owner} returning tasks.id),"
+        " unlinked as (update public.tasks tasks set updated_at = now()"
+        f" where tasks.next_task_id in (select gone.id from gone) and {owner})"
+        " select gone.id from gone"
     )
 
 

@@ -58,8 +58,20 @@ async def test_patch_changes_or_clears_them_and_put_resets_them(client: httpx.As
         ({"due_at": 0}, "due_at", "datetime_type"),
         ({"due_at": "1700000000"}, "due_at", "datetime_from_date_parsing"),
         ({"due_at": "next tuesday"}, "due_at", "datetime_from_date_parsing"),
+        # In UTC, as due dates are stored and answered: year 10000, and 1 BC.
+        ({"due_at": "9999-12-31T23:00:00-05:00"}, "due_at", "datetime_out_of_range"),
+        ({"due_at": "0001-01-01T00:00:00+14:00"}, "due_at", "datetime_out_of_range"),
     ],
-    ids=["unknown priority", "null priority", "naive date-time", "a number", "a numeric string", "prose"],
+    ids=[
+        "unknown priority",
+        "null priority",
+        "naive date-time",
+        "a number",
+        "a numeric string",
+        "prose",
+        "after 9999 in UTC",
+        "before year 1 in UTC",
+    ],
 )
 async def test_bad_values_are_422_naming_the_field_and_write_nothing(
     client: httpx.AsyncClient,
