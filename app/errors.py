@@ -42,6 +42,14 @@ class NotFound(Exception):
         self.detail = detail
 
 
+class Conflict(Exception):
+    """The change would clash with another of the caller's own rows (409)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 def _json(status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
 
@@ -89,6 +97,11 @@ _BY_SQLSTATE: dict[str, tuple[int, str]] = {
 async def _not_found(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, NotFound)
     return _json(status.HTTP_404_NOT_FOUND, exc.detail)
+
+
+async def _conflict(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Conflict)
+    return _json(status.HTTP_409_CONFLICT, exc.detail)
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -242,6 +255,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(Conflict, _conflict)
     app.add_exception_handler(DBAPIError, _database_error)
     # A pool with no free connection, or a server that refuses connections.
     app.add_exception_handler(PoolTimeoutError, _unavailable_handler)

@@ -1,4 +1,4 @@
--- Functions the task statements of app/routes/tasks.py call: a task's tags, the due date
+-- Functions the task statements of app/service/tasks.py call: a task's tags, the due date
 -- of a recurring task's next occurrence, and full-text search. None of them is SECURITY
 -- DEFINER: they run as their caller, the runtime role, under the same row-level
 -- security as the statements that call them, and see only the caller's rows.

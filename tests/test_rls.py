@@ -574,8 +574,8 @@ OWNER_FILTERED = re.compile(r"user_id\s*=\s*\$1\b")
 def route_statements() -> list[str]:
     """Every statement of the task and tag routes, built with the modules' OWNER_FILTER
     as it stands, the list with every optional filter at once."""
-    import app.routes.tags as tags
-    import app.routes.tasks as tasks
+    import app.service.tags as tags
+    import app.service.tasks as tasks
 
     every_filter = ("priority", "due_before", "due_after", "tag", "q")
     return [
@@ -609,8 +609,8 @@ def route_statements() -> list[str]:
 def without_owner_filters(monkeypatch: pytest.MonkeyPatch) -> None:
     """The task and tag routes with their explicit owner filters swapped for one that
     passes every row (it still names $1, the caller, as every statement binds it)."""
-    import app.routes.tags as tags
-    import app.routes.tasks as tasks
+    import app.service.tags as tags
+    import app.service.tasks as tasks
 
     assert all(OWNER_FILTERED.search(statement) for statement in route_statements())
     passes_all = "$1::text is not null"
