@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from app.auth import CurrentSubject, require_path_owner
 from app.models import TagName, TagPublic, TagRename
-from app.routes.tasks import page_links
+from app.routes.tasks import PAGE_RESPONSES, page_response
 from app.service import tags as service
 from app.service.tags import TAG_NOT_FOUND
 from app.session import UserConnection
@@ -36,14 +36,7 @@ def _json(content: str) -> Response:
 @router.get(
     "",
     response_model=list[TagPublic],
-    responses={
-        200: {
-            "headers": {
-                "X-Total-Count": {"schema": {"type": "integer"}},
-                "Link": {"schema": {"type": "string"}},
-            }
-        }
-    },
+    responses=PAGE_RESPONSES,
 )
 async def list_tags(
     request: Request,
@@ -54,10 +47,7 @@ async def list_tags(
 ) -> Response:
     """List your tags, sorted by name, with how many of your tasks carry each."""
     body, total = await service.list_tags(connection, subject, limit, offset)
-    headers = {"X-Total-Count": str(total)}
-    if links := page_links(request, total, limit, offset):
-        headers["Link"] = links
-    return Response(content=body, media_type="application/json", headers=headers)
+    return page_response(request, body, total, limit, offset)
 
 
 @router.patch(

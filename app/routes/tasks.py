@@ -115,6 +115,25 @@ def _json(content: str, status_code: int = status.HTTP_200_OK) -> Response:
     return Response(content=content, status_code=status_code, media_type="application/json")
 
 
+# A page of a list: its headers.
+PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "headers": {
+            "X-Total-Count": {"schema": {"type": "integer"}},
+            "Link": {"schema": {"type": "string"}},
+        }
+    }
+}
+
+
+def page_response(request: Request, body: str, total: int, limit: int, offset: int) -> Response:
+    """A page (JSON text) with X-Total-Count and the Link header of its neighbours."""
+    headers = {"X-Total-Count": str(total)}
+    if links := page_links(request, total, limit, offset):
+        headers["Link"] = links
+    return Response(content=body, media_type="application/json", headers=headers)
+
+
 def page_links(request: Request, total: int, limit: int, offset: int) -> str | None:
     """RFC 8288 Link header with the next and previous pages that exist."""
     links = []
@@ -130,14 +149,7 @@ def page_links(request: Request, total: int, limit: int, offset: int) -> str | N
 @router.get(
     "",
     response_model=list[TaskPublic],
-    responses={
-        200: {
-            "headers": {
-                "X-Total-Count": {"schema": {"type": "integer"}},
-                "Link": {"schema": {"type": "string"}},
-            }
-        }
-    },
+    responses=PAGE_RESPONSES,
 )
 async def list_tasks(
     request: Request,
@@ -181,10 +193,7 @@ async def list_tasks(
         raise RequestValidationError(
             [{"type": "missing", "loc": ("query", "q"), "msg": str(exc), "input": None}]
         ) from None
-    headers = {"X-Total-Count": str(total)}
-    if links := page_links(request, total, limit, offset):
-        headers["Link"] = links
-    return Response(content=body, media_type="application/json", headers=headers)
+    return page_response(request, body, total, limit, offset)
 
 
 @router.post(
