@@ -4,6 +4,7 @@ Nothing raw reaches a client: no SQL text, no constraint name, no stack trace.
 """
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -54,18 +55,16 @@ def _json(status_code: int, detail: str, headers: dict[str, str] | None = None) 
     return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
 
 
-def _unavailable(detail: str = UNAVAILABLE) -> JSONResponse:
-    return _json(status.HTTP_503_SERVICE_UNAVAILABLE, detail, {"Retry-After": RETRY_AFTER_SECONDS})
+@dataclass(frozen=True)
+class Fault:
+    """What a database error means to the caller, said alike by every way in (a REST
+    answer, an MCP tool's error): no SQL text, no constraint name. For a constraint that
+    a request can break while each of its fields is valid, the field it names."""
 
-
-def _sqlstate_response(sqlstate: str) -> JSONResponse | None:
-    mapped = _BY_SQLSTATE.get(sqlstate) or _BY_SQLSTATE.get(sqlstate[:2])
-    if mapped is None:
-        return None
-    status_code, detail = mapped
-    log.warning("database error %s answered %d", sqlstate, status_code)
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status_code == 503 else None
-    return _json(status_code, detail, headers)
+    status: int
+    detail: str
+    field: str | None = None
+    error_type: str | None = None
 
 
 # SQLSTATE -> (status, detail). Classes are matched by their first two characters.
@@ -93,35 +92,6 @@ _BY_SQLSTATE: dict[str, tuple[int, str]] = {
     "3D": (status.HTTP_503_SERVICE_UNAVAILABLE, UNAVAILABLE),  # the database named does not exist (yet)
 }
 
-
-async def _not_found(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, NotFound)
-    return _json(status.HTTP_404_NOT_FOUND, exc.detail)
-
-
-async def _conflict(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, Conflict)
-    return _json(status.HTTP_409_CONFLICT, exc.detail)
-
-
-async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    """An error through SQLAlchemy (the ORM sessions of sign-up and log-in)."""
-    assert isinstance(exc, DBAPIError)
-    if exc.connection_invalidated:
-        log.warning("database connection lost: %s", type(exc.orig).__name__)
-        return _unavailable()
-    return _postgres_answer(getattr(exc.orig, "sqlstate", None) or "", exc)
-
-
-async def _postgres_error(request: Request, exc: Exception) -> JSONResponse:
-    """An error straight from asyncpg: the requests' statements run on its connections
-    (app/session.py), and SQLAlchemy passes errors from opening one on unwrapped: "the
-    database system is shutting down" (57P03), too many clients (53300), a password
-    refused (28P01)."""
-    assert isinstance(exc, asyncpg.PostgresError)
-    return _postgres_answer(exc.sqlstate or "", exc)
-
-
 # Constraints a request can break while every field in it is valid on its own (a PATCH
 # that clears the due date of a recurring task): the field to name, and why. The
 # constraint's own name never reaches the client.
@@ -133,6 +103,21 @@ _BY_CONSTRAINT: dict[str, tuple[str, str, str]] = {
     ),
 }
 
+# The exceptions database_fault() knows: the pool's and the driver's, raw and wrapped.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    DBAPIError,  # through SQLAlchemy (the ORM sessions of sign-up and log-in)
+    PoolTimeoutError,  # a pool with no free connection
+    OSError,  # a server that refuses connections; TimeoutError (DB_*_TIMEOUT) is one too
+    asyncpg.PostgresError,
+    AsyncAdapt_asyncpg_dbapi.Error,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
+
+def _unavailable(detail: str = UNAVAILABLE) -> Fault:
+    return Fault(status.HTTP_503_SERVICE_UNAVAILABLE, detail)
+
 
 def _constraint_name(exc: BaseException) -> str | None:
     # asyncpg's error, or the one SQLAlchemy (or its adapter) wraps.
@@ -142,46 +127,79 @@ def _constraint_name(exc: BaseException) -> str | None:
     return None
 
 
-def _postgres_answer(sqlstate: str, exc: Exception) -> JSONResponse:
+def _postgres_fault(sqlstate: str, exc: BaseException) -> Fault:
     if sqlstate == "23514" and (broken := _BY_CONSTRAINT.get(_constraint_name(exc) or "")):
         field, error_type, message = broken
-        error = {"type": error_type, "loc": ["body", field], "msg": message, "input": None}
-        return JSONResponse({"detail": [error]}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return Fault(status.HTTP_422_UNPROCESSABLE_CONTENT, message, field, error_type)
     if sqlstate.startswith("28"):
         # Wrong credentials are the operator's problem; the client can only wait.
         log.error("the database refused the service's credentials (%s)", sqlstate)
         return _unavailable()
-    response = _sqlstate_response(sqlstate)
-    if response is None:
+    mapped = _BY_SQLSTATE.get(sqlstate) or _BY_SQLSTATE.get(sqlstate[:2])
+    if mapped is None:
         log.error("database error %s", sqlstate or "without SQLSTATE", exc_info=exc)
-        return _json(status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
-    return response
+        return Fault(status.HTTP_500_INTERNAL_SERVER_ERROR, "internal server error")
+    status_code, detail = mapped
+    log.warning("database error %s answered %d", sqlstate, status_code)
+    return Fault(status_code, detail)
 
 
-async def _adapted_driver_error(request: Request, exc: Exception) -> JSONResponse:
-    """An asyncpg error in the DB-API class of SQLAlchemy's adapter, without SQLAlchemy's
-    own wrapper: how opening a connection fails when the server refuses it mid-way (the
-    database system is shutting down, 57P03). No SQLSTATE: the connection itself failed."""
-    assert isinstance(exc, AsyncAdapt_asyncpg_dbapi.Error)
-    if exc.sqlstate is None:
-        log.warning("database connection failed: %s", type(exc.__cause__ or exc).__name__)
+def database_fault(exc: BaseException) -> Fault | None:
+    """What `exc` means to the caller, logged once here; None if it is no database error
+    (not one of DATABASE_ERRORS)."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            log.warning("database connection lost: %s", type(exc.orig).__name__)
+            return _unavailable()
+        return _postgres_fault(getattr(exc.orig, "sqlstate", None) or "", exc)
+    if isinstance(exc, asyncpg.PostgresError):
+        # Errors straight from asyncpg: the requests' statements run on its connections
+        # (app/session.py), and SQLAlchemy passes errors from opening one on unwrapped:
+        # "the database system is shutting down" (57P03), too many clients (53300), a
+        # password refused (28P01).
+        return _postgres_fault(exc.sqlstate or "", exc)
+    if isinstance(exc, AsyncAdapt_asyncpg_dbapi.Error):
+        # An asyncpg error in the DB-API class of SQLAlchemy's adapter, without
+        # SQLAlchemy's own wrapper: how opening a connection fails when the server
+        # refuses it mid-way (57P03). No SQLSTATE: the connection itself failed.
+        if exc.sqlstate is None:
+            log.warning("database connection failed: %s", type(exc.__cause__ or exc).__name__)
+            return _unavailable()
+        return _postgres_fault(exc.sqlstate, exc)
+    if isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError):
+        # A connection closed under a statement, or not opened.
+        log.warning("database connection failed: %s", type(exc).__name__)
         return _unavailable()
-    return _postgres_answer(exc.sqlstate, exc)
-
-
-async def _connection_lost(request: Request, exc: Exception) -> JSONResponse:
-    """asyncpg's own errors: a connection closed under a statement, or not opened."""
-    log.warning("database connection failed: %s", type(exc).__name__)
-    return _unavailable()
-
-
-async def _unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, TimeoutError):
         # DB_CONNECT_TIMEOUT or DB_STATEMENT_TIMEOUT ran out.
         log.warning("database did not answer in time")
         return _unavailable("the database took too long to answer, try again")
-    log.warning("database unreachable: %s", type(exc).__name__)
-    return _unavailable()
+    if isinstance(exc, PoolTimeoutError | OSError):
+        log.warning("database unreachable: %s", type(exc).__name__)
+        return _unavailable()
+    return None
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    fault = database_fault(exc)
+    assert fault is not None, "registered for DATABASE_ERRORS only"
+    if fault.field is not None:
+        error = {"type": fault.error_type, "loc": ["body", fault.field], "msg": fault.detail, "input": None}
+        return JSONResponse({"detail": [error]}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    headers = (
+        {"Retry-After": RETRY_AFTER_SECONDS} if fault.status == status.HTTP_503_SERVICE_UNAVAILABLE else None
+    )
+    return _json(fault.status, fault.detail, headers)
+
+
+async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, NotFound)
+    return _json(status.HTTP_404_NOT_FOUND, exc.detail)
+
+
+async def _conflict(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Conflict)
+    return _json(status.HTTP_409_CONFLICT, exc.detail)
 
 
 def _encodable(value: Any) -> Any:
@@ -256,12 +274,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, _conflict)
-    app.add_exception_handler(DBAPIError, _database_error)
-    # A pool with no free connection, or a server that refuses connections.
-    app.add_exception_handler(PoolTimeoutError, _unavailable_handler)
-    app.add_exception_handler(OSError, _unavailable_handler)
-    app.add_exception_handler(asyncpg.PostgresError, _postgres_error)
-    app.add_exception_handler(AsyncAdapt_asyncpg_dbapi.Error, _adapted_driver_error)
-    app.add_exception_handler(asyncpg.InterfaceError, _connection_lost)
-    app.add_exception_handler(asyncpg.InternalClientError, _connection_lost)
+    for database_error in DATABASE_ERRORS:
+        app.add_exception_handler(database_error, _database_error)
     app.add_exception_handler(Exception, _unexpected)
