@@ -46,6 +46,14 @@ class InvalidToken(Exception):
 
 
 @dataclass(frozen=True)
+class VerifiedToken:
+    """A token that passed every check: whose it is, and its `exp` (JWT_LEEWAY not added)."""
+
+    subject: str
+    expires_at: int
+
+
+@dataclass(frozen=True)
 class _Trust:
     """One source of tokens: its key, and the claims its tokens must carry."""
 
@@ -84,6 +92,10 @@ class TokenVerifier:
     async def subject(self, token: str) -> str:
         """The token's verified user id; raises InvalidToken with the reason, or
         KeySourceUnavailable when only keys that could not be fetched could decide."""
+        return (await self.verify(token)).subject
+
+    async def verify(self, token: str) -> VerifiedToken:
+        """subject(), with the token's expiry: for the MCP server's access tokens."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
@@ -109,7 +121,8 @@ class TokenVerifier:
             subject.encode()
         except UnicodeEncodeError:
             raise InvalidToken(f"token '{self._user_claim}' is not valid Unicode text") from None
-        return subject
+        # PyJWT has checked `exp` (required) as a number, or a numeric string.
+        return VerifiedToken(subject, int(claims["exp"]))
 
     async def _trust(self, algorithm: object, kid: object) -> _Trust:
         # Settled before any signature work, so that `alg: none` and every algorithm not
