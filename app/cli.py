@@ -182,6 +182,9 @@ def serve(
             os.environ["DATABASE_URL"] = settings.database_url or ""
             os.environ["ACCOUNTS_ENABLED"] = "true" if settings.accounts else "false"
             os.environ["ALLOWED_HOSTS"] = ",".join(settings.allowed_hosts)
+            # --host and --port too: PUBLIC_URL's default (the MCP server's address) is made of them.
+            os.environ["HOST"] = settings.host
+            os.environ["PORT"] = str(settings.port)
             for field in _SECRETS:
                 secret = getattr(settings, field)
                 if secret is not None:

@@ -3,6 +3,7 @@
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import limits
 import platformdirs
@@ -23,6 +24,10 @@ ALLOWED_HOSTS_REQUIRED = (
     "(e.g. api.example.com or localhost,127.0.0.1), or to * to accept any Host header; "
     "it is required with DATABASE_URL"
 )
+
+
+# Addresses that bind every interface, and the address a client on the machine uses.
+_WILDCARD_ADDRESSES = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
 
 
 def default_data_dir() -> Path:
@@ -110,6 +115,9 @@ class Settings(BaseSettings):
     # `*` for any. Unset: see allowed_host_patterns().
     allowed_hosts: Annotated[list[str], NoDecode] = []
     shutdown_timeout: int = Field(default=30, ge=1)
+    # The service's origin as clients reach it (https://api.example.com behind a proxy):
+    # the MCP server names itself by it. Unset: http://HOST:PORT (see public_base_url()).
+    public_url: str | None = None
 
     @field_validator("jwt_secret", "rls_context_key")
     @classmethod
@@ -165,6 +173,27 @@ class Settings(BaseSettings):
                 )
         return [pattern.lower() for pattern in value]
 
+    @field_validator("public_url")
+    @classmethod
+    def _an_origin(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = urlsplit(value.strip())
+        if (
+            url.scheme not in ("http", "https")
+            or not url.hostname
+            or "@" in url.netloc
+            or url.path not in ("", "/")
+            or url.query
+            or url.fragment
+        ):
+            raise ValueError(
+                "PUBLIC_URL takes an origin, http(s)://host[:port] with no path, such as "
+                f"https://api.example.com; not {value!r}"
+            )
+        _ = url.port  # a ValueError for a port that is not a number, or out of range
+        return f"{url.scheme}://{url.netloc.lower()}"
+
     @model_validator(mode="after")
     def _one_jwks(self) -> "Settings":
         given = [name for name in ("jwks_url", "jwks_file", "jwks") if getattr(self, name) is not None]
@@ -190,6 +219,14 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return self.database_url is None
+
+    def public_base_url(self) -> str:
+        """Where clients reach the service: PUBLIC_URL; unset, http://HOST:PORT, with a
+        wildcard address (0.0.0.0, ::) named by its loopback address."""
+        if self.public_url:
+            return self.public_url
+        host = _WILDCARD_ADDRESSES.get(self.host, self.host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     def allowed_host_patterns(self) -> list[str]:
         """The Host names the service answers to: ALLOWED_HOSTS; unset, any on the
