@@ -6,6 +6,7 @@ database is created, given the roles and migrated once; pytest-postgresql then c
 it into a fresh database for each test.
 """
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -201,10 +202,30 @@ def sessions(engine: AsyncEngine, settings: Settings) -> UserSessions:
 
 @asynccontextmanager
 async def running_app(settings: Settings) -> AsyncIterator[FastAPI]:
-    """The app with its lifespan entered, as a server would run it."""
+    """The app with its lifespan entered, as a server would run it: begun and ended in a
+    task of its own, as uvicorn runs it. (An async fixture's set-up and teardown run in
+    different tasks, and the MCP session manager's task group must end in the task that
+    began it.) A start-up failure is raised here."""
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    started = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        async with app.router.lifespan_context(app):
+            started.set()
+            await stop.wait()
+
+    lifespan = asyncio.create_task(serve())
+    waiting = asyncio.create_task(started.wait())
+    await asyncio.wait({lifespan, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if lifespan.done():
+        lifespan.result()  # raises what stopped the start-up
+    try:
         yield app
+    finally:
+        stop.set()
+        await lifespan
 
 
 @asynccontextmanager
