@@ -119,3 +119,6 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     uvicorn_access.propagate = False
     # At INFO and below SQLAlchemy echoes every statement, and its parameters with it.
     logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
+    # The MCP SDK says at INFO that each stateless /mcp request ends its session: the
+    # access log has the request already.
+    logging.getLogger("mcp").setLevel(logging.WARNING)

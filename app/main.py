@@ -26,6 +26,7 @@ from app.middleware import (
 from app.ratelimit import ClientRateLimitMiddleware, RateLimiter, limit_writes
 from app.routes import accounts, docs, health, tags, tasks, wellknown
 from app.session import UserSessions
+from app.tools.server import build_mcp
 
 DESCRIPTION = """
 Every route under `/api/{user_id}` needs a bearer JWT whose `sub` is that `user_id`:
@@ -67,8 +68,23 @@ def _add_middleware(app: FastAPI, settings: Settings, allowed_hosts: list[str]) 
                 {
                     "allow_origins": settings.cors_origins,
                     "allow_methods": ["GET", "POST", "PUT", "PATCH", "DELETE"],
-                    "allow_headers": ["Authorization", "Content-Type", REQUEST_ID_HEADER],
-                    "expose_headers": ["Location", "Link", "X-Total-Count", "Retry-After", REQUEST_ID_HEADER],
+                    # The MCP clients' headers too (/mcp; Streamable HTTP, stateless).
+                    "allow_headers": [
+                        "Authorization",
+                        "Content-Type",
+                        REQUEST_ID_HEADER,
+                        "Mcp-Protocol-Version",
+                        "Mcp-Method",
+                        "Mcp-Name",
+                    ],
+                    "expose_headers": [
+                        "Location",
+                        "Link",
+                        "X-Total-Count",
+                        "Retry-After",
+                        REQUEST_ID_HEADER,
+                        "WWW-Authenticate",
+                    ],
                     # Bearer tokens, not cookies: a browser sends no credentials of its own.
                     "allow_credentials": False,
                     "max_age": 600,
@@ -112,7 +128,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.user_sessions = sessions
             # Made here, not at import: a Redis client belongs to the serving event loop.
             app.state.rate_limiter = RateLimiter(settings)
-            yield
+            # The MCP server's tasks (one per call, stateless) run in its session manager.
+            async with mcp_server.session_manager.run():
+                yield
         finally:
             await engine.dispose()
             await token_verifier.aclose()
@@ -144,5 +162,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.metrics_enabled:
         app.state.metrics = metrics.Metrics(app)
         app.include_router(metrics.router)
+    mcp_server = build_mcp(app, settings, token_verifier, allowed_hosts)
     _add_middleware(app, settings, allowed_hosts)
     return app
