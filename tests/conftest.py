@@ -202,11 +202,18 @@ def sessions(engine: AsyncEngine, settings: Settings) -> UserSessions:
 
 @asynccontextmanager
 async def running_app(settings: Settings) -> AsyncIterator[FastAPI]:
-    """The app with its lifespan entered, as a server would run it: begun and ended in a
-    task of its own, as uvicorn runs it. (An async fixture's set-up and teardown run in
-    different tasks, and the MCP session manager's task group must end in the task that
-    began it.) A start-up failure is raised here."""
+    """The app with its lifespan entered, as a server would run it."""
     app = create_app(settings)
+    async with running(app):
+        yield app
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[None]:
+    """`app`'s lifespan, begun and ended in a task of its own, as uvicorn runs it. (An
+    async fixture's set-up and teardown run in different tasks, and the MCP session
+    manager's task group must end in the task that began it.) A start-up failure is
+    raised here."""
     started = asyncio.Event()
     stop = asyncio.Event()
 
@@ -222,7 +229,7 @@ async def running_app(settings: Settings) -> AsyncIterator[FastAPI]:
     if lifespan.done():
         lifespan.result()  # raises what stopped the start-up
     try:
-        yield app
+        yield
     finally:
         stop.set()
         await lifespan

@@ -27,7 +27,7 @@ from app.auth import require_path_owner
 from app.config import Settings
 from app.main import create_app
 from app.session import UserConnection
-from tests.conftest import DbUrls, http_client, make_settings
+from tests.conftest import DbUrls, http_client, make_settings, running
 from tests.tokens import auth
 
 ATTACKER = "mallory"
@@ -54,7 +54,7 @@ async def client(db_url: DbUrls) -> AsyncIterator[httpx.AsyncClient]:
         db_url, db_pool_size=1, db_max_overflow=0, rate_limit_requests="", rate_limit_writes=""
     )
     app = attackable_app(settings)
-    async with app.router.lifespan_context(app), http_client(app) as client:
+    async with running(app), http_client(app) as client:
         yield client
 
 
