@@ -307,6 +307,10 @@ async def test_no_token_or_a_bad_one_is_401_with_a_bearer_challenge_and_no_token
     assert token not in caplog.text
     assert admin_conn.execute("select user_id, title from tasks").fetchall() == [("alice", "let in")]
 
+    # Stateless, the server never sends anything on its own: no event stream to hold open.
+    stream = await client.get("/mcp", headers={"Accept": "text/event-stream"} | auth("alice"))
+    assert (stream.status_code, stream.headers["Allow"]) == (405, "POST")
+
     metadata = await client.get(METADATA_PATH)
     assert metadata.status_code == 200
     assert metadata.json() == {

@@ -213,7 +213,10 @@ def build_mcp(
     metadata_path = urlsplit(str(build_resource_metadata_url(resource))).path
     app.router.routes.extend(
         [
-            _Route(MCP_PATH, endpoint, include_in_schema=False),
+            # POST only. Stateless, the server never sends anything on its own, yet the
+            # SDK would hold a GET (an event stream for it) open until the client leaves:
+            # a 405, as the transport allows, frees it.
+            _Route(MCP_PATH, endpoint, methods=["POST"], include_in_schema=False),
             _Route(metadata_path, endpoint, methods=["GET", "OPTIONS"], include_in_schema=False),
         ]
     )
