@@ -10,6 +10,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -19,13 +20,14 @@ from app.auth import TokenVerifier
 from app.config import RUNTIME_ROLE, Settings
 from app.main import create_app
 from app.session import sign_context
-from bench.database import BenchDatabase, task_id, user_id
-from bench.load import REQUESTS
-from bench.report import Plan
+from bench.database import BenchDatabase, filter_tag, search_term, task_id, user_id
+from bench.load import REQUESTS, request_path
+from bench.report import Plan, Scan
 
-CAPTURED = ("list", "get", "create", "toggle")
-# A parameter's part in a statement, as pgbench and EXPLAIN rebind it.
-USER, TASK, EXPIRES, SIGNATURE = "user", "task", "expires", "signature"
+CAPTURED = ("list", "get", "create", "toggle", "search", "tag", "due")
+# A parameter's part in a statement, as pgbench and EXPLAIN rebind it: the user's id, the
+# task's, the context's expiry and signature, the user's search term and (folded) tag.
+USER, TASK, EXPIRES, SIGNATURE, SEARCH, TAG = "user", "task", "expires", "signature", "search", "tag"
 
 _ENTRY = re.compile(r"^\S+ \S+ \S+ \[(?P<pid>\d+)\] (?P<level>[A-Z]+):  (?P<message>.*)$")
 _EXECUTE = re.compile(r"^(?:statement|execute [^:]*): (?P<sql>.*)$", re.DOTALL)
@@ -60,6 +62,12 @@ class Statement:
             "sql": self.sql,
             "params": [{"role": p.role, "value": p.value} for p in self.params],
         }
+
+
+def tag_parameter(n: int) -> str:
+    """User n's tag filter as the service binds it: a text[] of folded names (ASCII
+    names fold to their lower case), in PostgreSQL's text form."""
+    return "{" + filter_tag(n).lower() + "}"
 
 
 def _log_entries(text: str) -> list[tuple[int, str, str]]:
@@ -134,8 +142,10 @@ async def capture(
     verifier = TokenVerifier(settings)
     headers = {"Authorization": f"Bearer {verifier.issue(user_id(n), 600)}"}
     k = per_user  # the user's last seeded task
-    known = {"list": {USER: user_id(n)}, "create": {USER: user_id(n)}}
+    known = {name: {USER: user_id(n)} for name in ("list", "create", "due")}
     known |= {name: {USER: user_id(n), TASK: str(task_id(n, k, per_user))} for name in ("get", "toggle")}
+    known |= {"search": {USER: user_id(n), SEARCH: search_term(n)}}
+    known |= {"tag": {USER: user_id(n), TAG: tag_parameter(n)}}
     with psycopg.connect(db.admin_url, autocommit=True) as admin:
         database = sql.Identifier(admin.info.dbname)
         role = sql.Identifier(RUNTIME_ROLE)
@@ -155,7 +165,7 @@ async def capture(
 
                 async def send(name: str) -> None:
                     request = REQUESTS[name]
-                    path = request.path.format(user=user_id(n), task=task_id(n, k, per_user))
+                    path = request_path(name, n, k, per_user)
                     content = request.body.encode() if request.body else None
                     extra = {"Content-Type": "application/json"} if content else {}
                     response = await client.request(
@@ -195,6 +205,44 @@ def _read_until_complete(
 
 
 _EXECUTION_TIME = re.compile(r"Execution Time: ([\d.]+) ms")
+# The plan nodes that read a table or an index; a Bitmap Heap Scan reads what its Bitmap
+# Index Scan found, which counts them.
+_SCAN_NODES = ("Seq Scan", "Index Scan", "Index Only Scan", "Bitmap Index Scan", "Tid Scan")
+# An equality on the index's own user_id in an Index Cond: `(user_id = $1)`, or with the
+# column cast, `((user_id)::text = $1)`.
+_USER_KEY = re.compile(r"\((?:user_id|\(user_id\)::[a-z ]+) = ")
+
+
+def _scans(node: dict[str, Any], indexes: dict[str, tuple[str, str]]) -> list[Scan]:
+    """Every scan in an EXPLAIN (ANALYZE, FORMAT JSON) plan, its subplans included;
+    `indexes` gives each index's table and first column. A scan is keyed by the user
+    when it reads an index led by user_id with an equality on it: a range of one user's
+    entries, whatever the other users have."""
+    found = []
+    if node.get("Node Type") in _SCAN_NODES:
+        index = node.get("Index Name")
+        table, first = indexes.get(index or "", (node.get("Relation Name", "?"), None))
+        condition = node.get("Index Cond")
+        loops = node.get("Actual Loops", 1)
+        per_loop = (
+            node.get("Actual Rows", 0)
+            + node.get("Rows Removed by Filter", 0)
+            + node.get("Rows Removed by Index Recheck", 0)
+        )
+        found.append(
+            Scan(
+                node=node["Node Type"],
+                table=node.get("Relation Name") or table,
+                index=index,
+                condition=condition,
+                rows_read=round(per_loop * loops),
+                loops=loops,
+                keyed_by_user=first == "user_id" and _USER_KEY.search(condition or "") is not None,
+            )
+        )
+    for child in node.get("Plans", []):
+        found += _scans(child, indexes)
+    return found
 
 
 def explain(
@@ -202,13 +250,16 @@ def explain(
 ) -> Plan:
     """The plan PostgreSQL runs the request's query with, as the runtime role with user
     n's signed context (RLS in force): prepared and executed a few times first, as the
-    service's cached statements are, so that the plan is the one it settles on."""
+    service's cached statements are, so that the plan is the one it settles on. With the
+    plan's scans (what each read, by which index and key) and its buffers."""
     expires = int(time.time()) + 600
     values = {
         USER: user_id(n),
         TASK: str(task_id(n, per_user, per_user)),
         EXPIRES: str(expires),
         SIGNATURE: sign_context(context_key, user_id(n), expires),
+        SEARCH: search_term(n),
+        TAG: tag_parameter(n),
     }
 
     def prepared(conn: psycopg.Connection, name: str, statement: Statement) -> sql.Composed:
@@ -220,11 +271,29 @@ def explain(
     context = next(s for s in statements if s.sets_context)
     query = next(s for s in statements if s.is_query)
     with psycopg.connect(db.runtime_url) as conn, conn.transaction(force_rollback=True):
+        # Each index's table and first column.
+        indexes = {
+            name: (table, first)
+            for name, table, first in conn.execute(
+                "select i.indexrelid::regclass::text, i.indrelid::regclass::text, a.attname::text"
+                " from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]"
+                " where i.indrelid in ('public.tasks'::regclass, 'public.tags'::regclass,"
+                " 'public.task_tags'::regclass)"
+            ).fetchall()
+        }
         conn.execute(prepared(conn, "bench_context", context))
         run = prepared(conn, "bench_query", query)
         for _ in range(6):  # PostgreSQL weighs a generic plan after five custom ones
             conn.execute(run)
         rows = conn.execute(sql.SQL("explain (analyze, buffers) ") + run).fetchall()
+        tree = conn.execute(sql.SQL("explain (analyze, buffers, format json) ") + run).fetchone()
     text = "\n".join(row[0] for row in rows)
     execution = _EXECUTION_TIME.search(text)
-    return Plan(scenario, text, float(execution[1]) if execution else None)
+    top = tree[0][0]["Plan"] if tree else {}
+    return Plan(
+        scenario,
+        text,
+        float(execution[1]) if execution else None,
+        buffers=top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0),
+        scans=_scans(top, indexes),
+    )

@@ -110,31 +110,130 @@ def create_bypass_role(admin_url: str) -> None:
         )
 
 
+# What seeded tasks say: titles and descriptions of words from a small vocabulary, picked
+# by arithmetic on the task number k and the user u. The multipliers are prime to the
+# vocabulary's size, so that every word is in a few (~6) of each user's 100 tasks, and so
+# in some 6% of everyone's: a search term finds a handful of the user's tasks and is in
+# hundreds of thousands of other users' (the case where an index of words would read
+# other users' entries, bench/README.md).
+WORDS = (
+    "garden", "invoice", "dentist", "groceries", "laundry", "report", "meeting", "budget",
+    "holiday", "birthday", "plumber", "tickets", "library", "passport", "insurance", "recipe",
+    "bicycle", "painting", "taxes", "kitchen", "printer", "flowers", "concert", "doctor",
+    "homework", "presentation", "garage", "windows", "vacuum", "letters", "parcel", "battery",
+    "backup", "password", "contract", "interview", "training", "marathon", "piano", "gutters",
+    "furnace", "roof", "carpet", "curtains", "fridge", "oven", "balcony", "chimney",
+)  # fmt: skip
+# Each user has TAGS_PER_USER tags, named from TAG_NAMES (ASCII: their folded form, what
+# the service matches names by, is lower(name)). User u's j-th tag (j from 1) has id
+# (u - 1) * TAGS_PER_USER + j; 40% of the tasks carry one tag, 10% a second one.
+TAG_NAMES = (
+    "Work", "Home", "Errands", "Urgent", "Health", "Finance", "Family", "Garden",
+    "Car", "Travel", "Reading", "Shopping", "Music", "School", "Sport", "Friends",
+)  # fmt: skip
+TAGS_PER_USER = 5
+
+
+def _word(index: int) -> str:
+    return WORDS[index % len(WORDS)]
+
+
+def title_words(n: int, k: int) -> tuple[str, str, str]:
+    """The words of user n's k-th seeded task's title, as _SEED picks them."""
+    return _word(7 * k + 3 * n), _word(11 * k + 5 * n + 16), _word(13 * k + n + 32)
+
+
+def search_term(n: int) -> str:
+    """What user n searches for in the search scenario: the start of the first word of
+    its first task's title (so a word of a few of its tasks, and of many other users')."""
+    return title_words(n, 1)[0][:5]
+
+
+def tag_name(n: int, j: int) -> str:
+    """The name of user n's j-th tag (j from 1): distinct for j in 1..TAGS_PER_USER."""
+    return TAG_NAMES[(5 * n + j) % len(TAG_NAMES)]
+
+
+def task_tags(n: int, k: int) -> list[int]:
+    """Which of user n's tags (j) its k-th seeded task carries, as _SEED_TASK_TAGS links them."""
+    first, second = 1 + (k // 5 + n) % TAGS_PER_USER, 1 + (k // 5 + n + 2) % TAGS_PER_USER
+    return ([first] if (k + n) % 5 < 2 else []) + ([second] if (k + n) % 10 == 0 else [])
+
+
+def filter_tag(n: int) -> str:
+    """The tag user n filters by in the tag scenario: the tag of its first tagged task."""
+    k = next(k for k in range(1, 11) if task_tags(n, k))
+    return tag_name(n, task_tags(n, k)[0])
+
+
 # Interleaved by task number, then user: each user's tasks are spread over the table as
 # they would be after months of use by everyone at once, rather than packed into a page
-# or two. Ids are given (OVERRIDING SYSTEM VALUE) so that task_id() holds.
+# or two. Ids are given (OVERRIDING SYSTEM VALUE) so that task_id() holds. 30% of the
+# tasks have no due date; priorities are 20% high, 30% low, the rest medium.
 _SEED = """
-insert into tasks (id, user_id, title, description, completed, created_at, updated_at)
+insert into tasks (id, user_id, title, description, completed, priority, due_at, created_at, updated_at)
 overriding system value
 select (u - 1)::bigint * %(per_user)s + k,
        (%(base)s::bigint + u)::text,
-       'Seeded task ' || k,
-       case when k %% 2 = 0 then 'Written by the benchmark''s seeding' end,
+       initcap(w[1 + (7 * k + 3 * u) %% n]) || ' ' || w[1 + (11 * k + 5 * u + 16) %% n]
+         || ' ' || w[1 + (13 * k + u + 32) %% n] || ' #' || k,
+       case when k %% 2 = 0
+            then 'Before the ' || w[1 + (5 * k + 7 * u + 8) %% n] || ', see the '
+                 || w[1 + (17 * k + u + 40) %% n] end,
        k %% 3 = 0,
+       (case when (7 * k + u) %% 10 < 2 then 'high' when (7 * k + u) %% 10 < 5 then 'low'
+             else 'medium' end)::task_priority,
+       case when (k + u) %% 10 < 7
+            then timestamptz '2026-01-01' + ((37 * k + 11 * u) %% 730) * interval '1 day'
+                 + ((5 * k + u) %% 24) * interval '1 hour' end,
        t.at, t.at
 from generate_series(%(k_from)s::int, %(k_to)s::int) as k,
      generate_series(%(u_from)s::int, %(u_to)s::int) as u,
-     lateral (select timestamptz '2025-01-01' + k * interval '1 hour' + u * interval '1 millisecond' as at) t
+     lateral (select timestamptz '2025-01-01' + k * interval '1 hour' + u * interval '1 millisecond' as at) t,
+     (select %(words)s::text[] as w, cardinality(%(words)s::text[]) as n) v
+"""
+_SEED_TAGS = """
+insert into tags (user_id, id, name, folded, created_at)
+overriding system value
+select (%(base)s::bigint + u)::text, (u - 1)::bigint * %(tags)s + j, g.name, lower(g.name),
+       timestamptz '2025-01-01'
+from generate_series(%(u_from)s::int, %(u_to)s::int) as u,
+     generate_series(1, %(tags)s::int) as j,
+     lateral (select (%(names)s::text[])[1 + (5 * u + j) %% cardinality(%(names)s::text[])] as name) g
+"""
+# In the order of task_tags' primary key, so that its B-tree grows at its right edge.
+_SEED_TASK_TAGS = """
+insert into task_tags (user_id, task_id, tag_id)
+select (%(base)s::bigint + u)::text, (u - 1)::bigint * %(per_user)s + k, (u - 1)::bigint * %(tags)s + l.j
+from generate_series(%(u_from)s::int, %(u_to)s::int) as u,
+     generate_series(1, %(per_user)s::int) as k,
+     lateral (values (1 + (k / 5 + u) %% %(tags)s, (k + u) %% 5 < 2),
+                     (1 + (k / 5 + u + 2) %% %(tags)s, (k + u) %% 10 = 0)) as l(j, linked)
+where l.linked
+order by u, k, l.j
 """
 
 Progress = Callable[[int], None]
 
 
+def _drop_secondary_indexes(conn: psycopg.Connection, table: str) -> list[str]:
+    """Drops the table's indexes that no constraint needs; their definitions, to rebuild."""
+    indexes = conn.execute(
+        "select indexrelid::regclass::text, pg_get_indexdef(indexrelid) from pg_index"
+        " where indrelid = %s::regclass and not indisprimary and not indisunique order by 1",
+        (table,),
+    ).fetchall()
+    for name, _ in indexes:
+        conn.execute(sql.SQL("drop index {}").format(sql.Identifier(name)))
+    return [definition for _, definition in indexes]
+
+
 def seed(admin_url: str, first_user: int, last_user: int, per_user: int, advance: Progress) -> None:
-    """Give users first_user..last_user per_user tasks each; `advance(rows)` reports
-    progress. The secondary indexes are dropped and rebuilt from their own definitions
-    around the insert: one sorted build is many times faster than 10 million inserts
-    into three B-trees, and leaves the same indexes."""
+    """Give users first_user..last_user per_user tasks each, TAGS_PER_USER tags, and the
+    links of some tasks to them; `advance(rows)` reports progress in tasks. The secondary
+    indexes are dropped and rebuilt from their own definitions around the insert: one
+    sorted build is many times faster than 10 million inserts into five B-trees, and
+    leaves the same indexes."""
     users = last_user - first_user + 1
     if users <= 0:
         return
@@ -142,36 +241,39 @@ def seed(admin_url: str, first_user: int, last_user: int, per_user: int, advance
         # Only this session's own writes: a crash loses a seed that is remade anyway.
         conn.execute("set synchronous_commit = off")
         conn.execute("set maintenance_work_mem = '512MB'")
-        indexes = conn.execute(
-            "select indexrelid::regclass::text, pg_get_indexdef(indexrelid) from pg_index"
-            " where indrelid = 'tasks'::regclass and not indisprimary and not indisunique"
-            " order by 1"
-        ).fetchall()
-        for name, _ in indexes:
-            conn.execute(sql.SQL("drop index {}").format(sql.Identifier(name)))
+        # No foreign-key triggers (task_tags -> tasks and tags, a task's next occurrence):
+        # the seeded rows are consistent by construction (tests/test_bench.py checks),
+        # and a check per row would double the time of 10 million rows.
+        conn.execute("set session_replication_role = replica")
+        definitions = _drop_secondary_indexes(conn, "tasks") + _drop_secondary_indexes(conn, "task_tags")
+        common = {"per_user": per_user, "base": USER_ID_BASE, "tags": TAGS_PER_USER}
         step = max(1, SEED_CHUNK_ROWS // users)
         for k_from in range(1, per_user + 1, step):
             k_to = min(k_from + step - 1, per_user)
-            conn.execute(
-                _SEED,
-                {
-                    "per_user": per_user,
-                    "base": USER_ID_BASE,
-                    "k_from": k_from,
-                    "k_to": k_to,
-                    "u_from": first_user,
-                    "u_to": last_user,
-                },
-            )
+            values = {"k_from": k_from, "k_to": k_to, "u_from": first_user, "u_to": last_user}
+            conn.execute(_SEED, common | values | {"words": list(WORDS)})
             advance((k_to - k_from + 1) * users)
-        for _, definition in indexes:
+        conn.execute(_SEED_TAGS, common | {"u_from": first_user, "u_to": last_user, "names": list(TAG_NAMES)})
+        user_step = max(1, SEED_CHUNK_ROWS // per_user)
+        for u_from in range(first_user, last_user + 1, user_step):
+            u_to = min(u_from + user_step - 1, last_user)
+            conn.execute(_SEED_TASK_TAGS, common | {"u_from": u_from, "u_to": u_to})
+        for definition in definitions:
             conn.execute(definition)
-        conn.execute("select setval(pg_get_serial_sequence('tasks', 'id'), (select max(id) from tasks))")
+        for table in ("tasks", "tags"):
+            conn.execute(
+                sql.SQL("select setval(pg_get_serial_sequence({0}, 'id'), (select max(id) from {1}))").format(
+                    sql.Literal(table), sql.Identifier(table)
+                )
+            )
         # Vacuum marks a page all-visible only once the commits of its rows are flushed,
         # which synchronous_commit = off put off: flush them first, so that the table is
         # as autovacuum keeps a table in use (index-only scans need no heap visits).
         conn.execute("checkpoint")
-        conn.execute("vacuum analyze tasks")
+        conn.execute("vacuum analyze tasks, tags, task_tags")
+        # And what vacuum wrote (every page it marked all-visible, and its WAL): else the
+        # checkpoint that flushes it runs during the first measurements after a large seed.
+        conn.execute("checkpoint")
 
 
 def restore(admin_url: str, seeded_rows: int) -> None:

@@ -14,14 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.database import task_id, user_id
+from bench.database import filter_tag, search_term, task_id, user_id
 from bench.report import Measurement
 
 
 @dataclass(frozen=True)
 class Request:
     method: str
-    path: str  # {user} and {task} are filled per request
+    # {user} and {task} are filled per request; {q} and {tag} with the user's search term
+    # and tag (bench/database.py: search_term, filter_tag).
+    path: str
     body: str | None = None
 
 
@@ -31,12 +33,20 @@ REQUESTS = {
     "get": Request("GET", "/api/{user}/tasks/{task}"),
     "create": Request("POST", "/api/{user}/tasks", CREATE_BODY),
     "toggle": Request("PATCH", "/api/{user}/tasks/{task}/complete"),
+    # A word's start that a few of the user's tasks have, and many other users' tasks.
+    "search": Request("GET", "/api/{user}/tasks?q={q}&limit=50"),
+    # One of the user's tags, which some 10 of its tasks carry.
+    "tag": Request("GET", "/api/{user}/tasks?tag={tag}&limit=50"),
+    # The soonest due first, those with no due date last.
+    "due": Request("GET", "/api/{user}/tasks?sort=due&limit=50"),
     # Control 3, served by bench/control_app.py only.
     "whoami": Request("GET", "/bench/whoami"),
 }
 # The read/write mix: 90 reads, 10 writes in every 100 requests.
 MIX = (("list", 45), ("get", 45), ("create", 5), ("toggle", 5))
-SCENARIOS = ("list", "get", "create", "toggle", "mix")
+SCENARIOS = ("list", "get", "search", "tag", "due", "create", "toggle", "mix")
+# The read scenarios whose latency the growth curve follows, and whose plans it shows.
+GROWTH_SCENARIOS = ("list", "get", "search", "tag", "due")
 # How soon after wrk starts its connections are counted per worker, and how many
 # starts a run gets to spread them evenly.
 BALANCE_CHECK_AFTER = 0.5
@@ -75,6 +85,7 @@ function request()
   local kind = data.requests[pick()]
   local task = (data.numbers[i] - 1) * data.per_user + math.random(data.per_user)
   local path = kind.path:gsub("{user}", data.users[i]):gsub("{task}", string.format("%d", task))
+  path = path:gsub("{q}", data.terms[i]):gsub("{tag}", data.tags[i])
   local headers = {Authorization = "Bearer " .. data.tokens[i]}
   if kind.body then headers["Content-Type"] = "application/json" end
   return wrk.format(kind.method, path, headers, kind.body)
@@ -121,6 +132,8 @@ def write_wrk_files(
         "users": [user_id(n) for n in numbers],
         "numbers": numbers,
         "tokens": tokens,
+        "terms": [search_term(n) for n in numbers],
+        "tags": [filter_tag(n) for n in numbers],
         "per_user": per_user,
         "requests": {name: vars(request) for name, request in REQUESTS.items()},
         "mix": [list(entry) for entry in MIX],
@@ -133,7 +146,9 @@ def write_wrk_files(
 
 def request_path(name: str, n: int, k: int, per_user: int) -> str:
     """The path wrk would request for user n's k-th task (for the statement capture)."""
-    return REQUESTS[name].path.format(user=user_id(n), task=task_id(n, k, per_user))
+    return REQUESTS[name].path.format(
+        user=user_id(n), task=task_id(n, k, per_user), q=search_term(n), tag=filter_tag(n)
+    )
 
 
 def wrk_binary() -> str | None:

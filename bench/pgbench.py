@@ -3,9 +3,10 @@ service sends per request (bench/capture.py), prepared and with bound parameters
 asyncpg sends them, the signed user context included.
 
 A pgbench variable holds a number, and a signature is text: so every user gets a script
-of its own, whose signature comes in as a -D variable. pgbench takes at most 128
-scripts, and each script costs every connection its own preparing and planning (see
-run_pgbench), so the database's ceiling is measured over MAX_SCRIPT_USERS users.
+of its own, whose signature (and search term, and tag) comes in as a -D variable.
+pgbench takes at most 128 scripts, and each script costs every connection its own
+preparing and planning (see run_pgbench), so the database's ceiling is measured over
+MAX_SCRIPT_USERS users.
 """
 
 import re
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.session import sign_context
-from bench.capture import EXPIRES, SIGNATURE, TASK, USER, Statement
-from bench.database import USER_ID_BASE, task_id, user_id
+from bench.capture import EXPIRES, SEARCH, SIGNATURE, TAG, TASK, USER, Statement, tag_parameter
+from bench.database import USER_ID_BASE, search_term, task_id, user_id
 from bench.load import MIX, load_users
 from bench.report import Measurement
 
@@ -56,6 +57,10 @@ def _command(statement: Statement, n: int, constants: dict[str, str], user: str 
             return ":expires"
         if param.role == SIGNATURE:
             return f":{user}_sig_{n}"
+        if param.role == SEARCH:
+            return f":q_{n}"
+        if param.role == TAG:
+            return f":tag_{n}"
         if param.value is None:
             return "NULL"  # pgbench cannot bind a NULL; the service sends none in these requests
         return ":" + constants.setdefault(param.value, f"c{len(constants)}")
@@ -125,6 +130,8 @@ def write_scripts(
         files.append(path)
         defines[f"uid_sig_{n}"] = sign_context(context_key, user_id(n), expires)
         defines[f"writer_sig_{n}"] = sign_context(context_key, user_id(WRITERS + n), expires)
+        defines[f"q_{n}"] = search_term(n)
+        defines[f"tag_{n}"] = tag_parameter(n)
     defines |= {name: value for value, name in constants.items()}
     return Scripts(files, defines)
 

@@ -18,6 +18,8 @@ TARGETS = {
 MIN_ISOLATION_RATIO = 0.95
 MIN_LIST_TO_NO_DB_RATIO = 0.40
 MAX_GROWTH_RATIO = 1.2
+# Issue 12's: search's p50 at the largest size at most this times that at the smallest.
+MAX_SEARCH_GROWTH_RATIO = 1.5
 MAX_WORKER_MB = 150.0
 
 
@@ -63,14 +65,37 @@ def combine(rounds: list[Measurement]) -> Measurement:
 
 
 @dataclass
+class Scan:
+    """One scan of a plan (bench/capture.py reads them from EXPLAIN's JSON)."""
+
+    node: str  # Index Scan, Index Only Scan, Bitmap Index Scan, Seq Scan, ...
+    table: str
+    index: str | None
+    condition: str | None  # its Index Cond
+    rows_read: int  # rows or index entries it read, those its filter dropped included, all loops
+    loops: int
+    keyed_by_user: bool  # an index led by user_id, with an equality on it: one user's range
+
+
+@dataclass
 class Plan:
     scenario: str
     text: str
     execution_ms: float | None
+    buffers: int | None = None  # shared buffers hit or read by the whole statement
+    scans: list[Scan] = field(default_factory=list)
 
     @property
     def seq_scan(self) -> bool:
         return "Seq Scan" in self.text
+
+    @property
+    def unkeyed(self) -> list[Scan]:
+        """The scans that could read other users' rows or index entries."""
+        return [scan for scan in self.scans if not scan.keyed_by_user]
+
+    def rows_read(self, table: str) -> int:
+        return sum(scan.rows_read for scan in self.scans if scan.table == table)
 
 
 @dataclass
@@ -78,9 +103,11 @@ class GrowthPoint:
     tasks: int
     users: int
     seed_seconds: float
-    list: Measurement
-    get: Measurement
+    measured: dict[str, Measurement]  # scenario -> its latency at this size
     plans: list[Plan]
+
+    def plan(self, scenario: str) -> Plan | None:
+        return next((plan for plan in self.plans if plan.scenario == scenario), None)
 
 
 @dataclass
@@ -144,22 +171,24 @@ class Report:
                 None if value is None else value >= MIN_LIST_TO_NO_DB_RATIO,
             )
         )
-        if len(self.growth) >= 2:
-            first, last = self.growth[0], self.growth[-1]
-            value = last.list.p50_ms / first.list.p50_ms if first.list.p50_ms else None
-            targets.append(
-                Target(
-                    f"growth: list p50 at {last.tasks:,} tasks / at {first.tasks:,}",
-                    value,
-                    f"<= {MAX_GROWTH_RATIO}",
-                    None if value is None else value <= MAX_GROWTH_RATIO,
-                    f"{last.list.p50_ms:.2f} ms / {first.list.p50_ms:.2f} ms",
+        for scenario, limit in (("list", MAX_GROWTH_RATIO), ("search", MAX_SEARCH_GROWTH_RATIO)):
+            points = [point for point in self.growth if scenario in point.measured]
+            if len(points) >= 2:
+                first, last = points[0].measured[scenario], points[-1].measured[scenario]
+                value = last.p50_ms / first.p50_ms if first.p50_ms else None
+                targets.append(
+                    Target(
+                        f"growth: {scenario} p50 at {points[-1].tasks:,} tasks / at {points[0].tasks:,}",
+                        value,
+                        f"<= {limit}",
+                        None if value is None else value <= limit,
+                        f"{last.p50_ms:.2f} ms / {first.p50_ms:.2f} ms",
+                    )
                 )
-            )
-        else:
-            targets.append(
-                Target("growth: list p50, largest / smallest size", None, f"<= {MAX_GROWTH_RATIO}", None)
-            )
+            else:
+                targets.append(
+                    Target(f"growth: {scenario} p50, largest / smallest size", None, f"<= {limit}", None)
+                )
         plans = [plan for point in self.growth for plan in point.plans]
         seq_scans = [f"{p.scenario} at {pt.tasks:,}" for pt in self.growth for p in pt.plans if p.seq_scan]
         targets.append(
@@ -169,6 +198,22 @@ class Report:
                 "0 sequential scans",
                 None if not plans else not seq_scans,
                 ", ".join(seq_scans) or f"{len(plans)} plans checked",
+            )
+        )
+        scans = [scan for plan in plans for scan in plan.scans]
+        unkeyed = [
+            f"{scan.node} on {scan.table} in {p.scenario} at {pt.tasks:,}"
+            for pt in self.growth
+            for p in pt.plans
+            for scan in p.unkeyed
+        ]
+        targets.append(
+            Target(
+                "plans: every scan reads one user's range of a (user_id, ...) index",
+                float(len(unkeyed)),
+                "0 other scans",
+                None if not scans else not unkeyed,
+                ", ".join(unkeyed) or f"{len(scans)} scans checked",
             )
         )
         peaks = [m.memory_peak_mb for m in self.measurements if m.target == "service" and m.memory_peak_mb]
@@ -205,6 +250,11 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _p50(point: GrowthPoint, scenario: str) -> float | None:
+    m = point.measured.get(scenario)
+    return m.p50_ms if m else None
+
+
 def _met(target: Target) -> str:
     return "not measured" if target.met is None else ("**met**" if target.met else "**missed**")
 
@@ -228,7 +278,8 @@ def to_markdown(report: Report, chart: str | None) -> str:
         "| worker RSS peak / mean MB | connections per worker | other CPU % |",
         "|---|---|---:|---|---:|---:|---:|---:|---|---:|",
     ]
-    order = {"list": 0, "get": 1, "create": 2, "toggle": 3, "mix": 4, "whoami": 5}
+    listed = ("list", "get", "search", "tag", "due", "create", "toggle", "mix", "whoami")
+    order = {name: i for i, name in enumerate(listed)}
     for m in sorted(
         report.measurements, key=lambda m: (order.get(m.scenario, 9), list(TARGETS).index(m.target))
     ):
@@ -251,40 +302,79 @@ def to_markdown(report: Report, chart: str | None) -> str:
         lines.append(
             f"| {scenario} | {_num(ratios['1/2'], 2)} | {_num(ratios['1/3'], 2)} | {_num(ratios['1/4'], 2)} |"
         )
-    lines += ["", "## Targets (issue 5)", "", "| target | measured | limit | |", "|---|---:|---|---|"]
+    lines += ["", "## Targets (issues 5 and 12)", "", "| target | measured | limit | |", "|---|---:|---|---|"]
     for target in report.targets():
         measured = _num(target.measured, 2) + (f" ({target.detail})" if target.detail else "")
         lines.append(f"| {target.name} | {measured} | {target.limit} | {_met(target)} |")
     if report.growth:
+        scenarios = list(dict.fromkeys(name for point in report.growth for name in point.measured))
         lines += [
             "",
             "## Growth: latency against table size",
             "",
             f"The service as shipped, {meta['growth_connections']} connection(s), "
-            f"{meta['growth_duration']} s per point; `execution ms` is PostgreSQL's own time for the "
-            "query (EXPLAIN ANALYZE, as the runtime role, RLS in force).",
+            f"{meta['growth_duration']} s per point and scenario: p50 latency in ms.",
             "",
-            "| tasks | users | list p50 ms | list p99 ms | list req/s | get p50 ms | get p99 ms | get req/s "
-            "| list execution ms | get execution ms | seeding s |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| tasks | users | " + " | ".join(f"{name} p50" for name in scenarios) + " | seeding s |",
+            "|---:|---:|" + "---:|" * len(scenarios) + "---:|",
         ]
         for point in report.growth:
-            executions = {p.scenario: p.execution_ms for p in point.plans}
-            cells = [
-                f"{point.tasks:,}",
-                f"{point.users:,}",
-                *(f"{value:.2f}" for value in (point.list.p50_ms, point.list.p99_ms)),
-                f"{point.list.rps:,.0f}",
-                *(f"{value:.2f}" for value in (point.get.p50_ms, point.get.p99_ms)),
-                f"{point.get.rps:,.0f}",
-                _num(executions.get("list"), 3),
-                _num(executions.get("get"), 3),
-                f"{point.seed_seconds:.0f}",
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
+            cells = [f"{point.tasks:,}", f"{point.users:,}"]
+            cells += [_num(_p50(point, name), 2) for name in scenarios]
+            lines.append("| " + " | ".join([*cells, f"{point.seed_seconds:.0f}"]) + " |")
         if chart:
             lines += ["", f"![p50 latency against table size]({chart})"]
+        lines += [
+            "",
+            "Each scenario at each size: `execution ms` is PostgreSQL's own time for the query "
+            "(EXPLAIN (ANALYZE, BUFFERS) as the runtime role with the user's signed context, RLS in "
+            "force), `buffers` the shared buffers it touched, `rows read` the rows and index entries "
+            "its scans read (those a filter dropped included) per table, and `keyed scans` how many "
+            "of its scans read one user's range of a (user_id, ...) index, out of all.",
+            "",
+            "| tasks | scenario | p50 ms | p99 ms | req/s | execution ms | buffers "
+            "| rows read: tasks, task_tags, tags | keyed scans |",
+            "|---:|---|---:|---:|---:|---:|---:|---|---:|",
+        ]
         for point in report.growth:
+            names = list(dict.fromkeys([*point.measured, *(plan.scenario for plan in point.plans)]))
+            for name in names:
+                taken, plan = point.measured.get(name), point.plan(name)
+                read = (
+                    ", ".join(str(plan.rows_read(table)) for table in ("tasks", "task_tags", "tags"))
+                    if plan
+                    else "-"
+                )
+                keyed = f"{len(plan.scans) - len(plan.unkeyed)} / {len(plan.scans)}" if plan else "-"
+                cells = [
+                    f"{point.tasks:,}",
+                    name,
+                    _num(taken.p50_ms if taken else None, 2),
+                    _num(taken.p99_ms if taken else None, 2),
+                    _num(taken.rps if taken else None, 0),
+                    _num(plan.execution_ms if plan else None, 3),
+                    _num(plan.buffers if plan else None, 0),
+                    read,
+                    keyed,
+                ]
+                lines.append("| " + " | ".join(cells) + " |")
+        largest = report.growth[-1]
+        for plan in largest.plans:
+            lines += ["", f"**Plan of {plan.scenario} at {largest.tasks:,} tasks**", ""]
+            if plan.scans:
+                lines += [
+                    "| scan | table | index | index condition | rows read | loops |",
+                    "|---|---|---|---|---:|---:|",
+                ]
+                for scan in plan.scans:
+                    condition = f"`{scan.condition}`" if scan.condition else "-"
+                    lines.append(
+                        f"| {scan.node} | {scan.table} | {scan.index or '-'} | {condition} "
+                        f"| {scan.rows_read} | {scan.loops} |"
+                    )
+                lines.append("")
+            lines += ["```", plan.text, "```"]
+        for point in report.growth[:-1]:
             for plan in point.plans:
                 lines += [
                     "",
@@ -324,7 +414,7 @@ def to_markdown(report: Report, chart: str | None) -> str:
 
 
 def growth_chart(report: Report, path: Path) -> bool:
-    """The p50 latency of list and get against table size; False if matplotlib is missing."""
+    """The p50 latency of each growth scenario against table size; False if matplotlib is missing."""
     try:
         import matplotlib
 
@@ -334,9 +424,12 @@ def growth_chart(report: Report, path: Path) -> bool:
         return False
     sizes = [point.tasks for point in report.growth]
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for scenario, marker in (("list", "o"), ("get", "s")):
-        values = [getattr(point, scenario).p50_ms for point in report.growth]
-        axes.plot(sizes, values, marker=marker, label=f"{scenario} p50")
+    markers = "os^vD*"
+    scenarios = list(dict.fromkeys(name for point in report.growth for name in point.measured))
+    for scenario, marker in zip(scenarios, markers * len(scenarios), strict=False):
+        values = [_p50(point, scenario) for point in report.growth]
+        shown = [value if value is not None else float("nan") for value in values]
+        axes.plot(sizes, shown, marker=marker, label=f"{scenario} p50")
     axes.set_xscale("log")
     axes.set_xticks(sizes, [f"{size:,}" for size in sizes])
     axes.set_ylim(bottom=0)

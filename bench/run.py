@@ -2,7 +2,8 @@
 
 One run, on one machine, in this order for each table size (smallest first):
 seed up to that size; at the first size, capture the service's statements; at a growth
-size, measure list and get latency and show their plans; at the main size, every
+size, measure the latency of the reads (list, get, search, tag, due) and show their
+plans; at the main size, every
 scenario against the service and its controls, interleaved per scenario so that all
 configurations see the same table; then delete what the write scenarios added.
 """
@@ -360,7 +361,7 @@ class Bench:
         env = service_environment(self.db, self.keys, self.db.runtime_url, self.workdir / "data")
         measured = {}
         with shipped_service(env, self.workdir / "service-growth", options.workers) as service:
-            for scenario in ("list", "get"):
+            for scenario in load.GROWTH_SCENARIOS:
                 measured[scenario] = self.drive(
                     service,
                     files,
@@ -378,14 +379,13 @@ class Bench:
                 self.seeded_users,
                 options.tasks_per_user,
             )
-            for scenario in ("list", "get")
+            for scenario in load.GROWTH_SCENARIOS
         ]
         return GrowthPoint(
             tasks=self.seeded_users * options.tasks_per_user,
             users=self.seeded_users,
             seed_seconds=round(seed_seconds, 1),
-            list=measured["list"],
-            get=measured["get"],
+            measured=measured,
             plans=plans,
         )
 
@@ -410,7 +410,7 @@ class Bench:
                     taken["service"].append(self.drive(shipped, files, "service", scenario, **how))
                     taken["no_rls"].append(self.drive(control, files, "no_rls", scenario, **how))
                     taken["pgbench"].append(self.pgbench(scenario))
-                    if scenario not in ("list", "get"):
+                    if scenario not in load.GROWTH_SCENARIOS:  # the reads
                         # The next round meets the seeded table, not this one's writes.
                         self.restore()
                 self.report.measurements += [combine(rounds) for rounds in taken.values()]
@@ -515,7 +515,8 @@ def main(
     threads: Annotated[int | None, typer.Option(min=1, help="wrk and pgbench threads [default: 1]")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="uvicorn worker processes [default: 2]")] = None,
     scenarios: Annotated[
-        str | None, typer.Option(help="Comma-separated, of list,get,create,toggle,mix [default: all]")
+        str | None,
+        typer.Option(help=f"Comma-separated, of {','.join(load.SCENARIOS)} [default: all]"),
     ] = None,
     rounds: Annotated[
         int | None, typer.Option(min=1, help="Rounds per scenario; medians are reported [default: 3]")
