@@ -11,15 +11,18 @@
 --
 -- Safe to run again: migrations re-apply this file whenever it changes.
 
--- Tags' names are free text too. The list is of the columns of every revision: this
--- file is applied by revisions older than some of them, so a missing table is skipped.
+-- Tags' names are free text too, and so are the conversations with the assistant: their
+-- titles, the messages' content, and the tool calls (which carry what the user wrote
+-- into the tools' arguments). The list is of the columns of every revision: this file
+-- is applied by revisions older than some of them, so a missing table is skipped.
 do $$
 declare
   target record;
 begin
   for target in
     select t.table_name, t.column_name
-    from (values ('tasks', 'title'), ('tasks', 'description'), ('tags', 'name'), ('tags', 'folded'))
+    from (values ('tasks', 'title'), ('tasks', 'description'), ('tags', 'name'), ('tags', 'folded'),
+                 ('conversations', 'title'), ('messages', 'content'), ('messages', 'tool_calls'))
            as t(table_name, column_name)
     where to_regclass('public.' || t.table_name) is not null
   loop

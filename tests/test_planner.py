@@ -1,6 +1,7 @@
 """The planner's statistics describe every user's rows, whatever row-level security hides,
 and EXPLAIN (which the runtime role may run) shows its estimates. What must not leak
-through them: whether any user has a task of a given title or description.
+through them: whether any user has a task of a given title or description, a tag of a
+given name, or a conversation of a given title or message.
 
 See sql/statistics.sql, and docs/security.md ("The planner's statistics") for what the
 remaining statistics (user_id, completed, the timestamps) still tell."""
@@ -14,6 +15,7 @@ from tests.conftest import DbUrls
 SECRET_TITLE = "Payroll 2027"
 SECRET_DESCRIPTION = "the merger with Initech"
 SECRET_TAG = "Project Falcon"
+SECRET_QUESTION = "Is the merger with Initech still on?"
 
 
 def seed(admin_conn: psycopg.Connection, *, tags: bool = True) -> None:
@@ -41,6 +43,22 @@ def seed(admin_conn: psycopg.Connection, *, tags: bool = True) -> None:
         " from generate_series(1, 1000) n"
     )
     admin_conn.execute("analyze tags")
+    # bob asked the assistant the secret question 300 times, in conversations of the secret title.
+    admin_conn.execute(
+        "insert into conversations (user_id, title) select 'bob', %s from generate_series(1, 300)",
+        (SECRET_TITLE,),
+    )
+    admin_conn.execute(
+        "insert into conversations (user_id, title) select 'user' || (n % 20), 'chat ' || n"
+        " from generate_series(1, 1000) n"
+    )
+    admin_conn.execute(
+        "insert into messages (user_id, conversation_id, role, content)"
+        " select c.user_id, c.id, 'user', case when c.title = %s then %s else 'hello ' || c.id end"
+        " from conversations c",
+        (SECRET_TITLE, SECRET_QUESTION),
+    )
+    admin_conn.execute("analyze conversations, messages")
 
 
 def estimate(conn: psycopg.Connection, column: str, value: str, table: str = "tasks") -> int:
@@ -60,6 +78,8 @@ def estimate(conn: psycopg.Connection, column: str, value: str, table: str = "ta
         ("tasks", "description", SECRET_DESCRIPTION),
         ("tags", "name", SECRET_TAG),
         ("tags", "folded", SECRET_TAG.lower()),
+        ("conversations", "title", SECRET_TITLE),
+        ("messages", "content", SECRET_QUESTION),
     ],
 )
 def test_explain_does_not_tell_whether_any_user_has_a_text(

@@ -40,7 +40,15 @@ DEFINER_TABLES = {"accounts", "account_passwords"}
 
 
 def test_there_is_user_data_to_guard(admin_conn: psycopg.Connection) -> None:
-    assert tables_with_user_id(admin_conn) == ["account_passwords", "accounts", "tags", "task_tags", "tasks"]
+    assert tables_with_user_id(admin_conn) == [
+        "account_passwords",
+        "accounts",
+        "conversations",
+        "messages",
+        "tags",
+        "task_tags",
+        "tasks",
+    ]
 
 
 def test_every_user_table_has_rls_enabled_forced_and_a_policy_for_every_command_granted(
@@ -80,6 +88,61 @@ def test_tasks_has_policies_with_using_and_with_check_for_every_command(
 
 def test_every_user_table_has_a_policy_file(admin_conn: psycopg.Connection) -> None:
     assert set(tables_with_user_id(admin_conn)) <= set(policy_files())
+
+
+# What the runtime role may do on each table besides select and delete: the columns it
+# may write. Nothing else (an id, a created_at, a message once written).
+COLUMN_WRITES = {
+    "conversations": ["INSERT (title)", "INSERT (user_id)", "UPDATE (title)", "UPDATE (updated_at)"],
+    "messages": [
+        "INSERT (content)",
+        "INSERT (conversation_id)",
+        "INSERT (failure)",
+        "INSERT (role)",
+        "INSERT (tool_calls)",
+        "INSERT (user_id)",
+        "UPDATE (failure)",
+    ],
+}
+
+
+@pytest.mark.parametrize("table", sorted(COLUMN_WRITES))
+def test_the_conversation_tables_are_guarded_as_tasks_are(admin_conn: psycopg.Connection, table: str) -> None:
+    state = live_state(admin_conn)[table]
+    assert state["rls_enabled"] and state["rls_forced"]
+    assert [(policy["name"], policy["command"]) for policy in state["policies"]] == [
+        (f"{table}_delete_own", "DELETE"),
+        (f"{table}_insert_own", "INSERT"),
+        (f"{table}_select_own", "SELECT"),
+        (f"{table}_update_own", "UPDATE"),
+    ]
+    assert state["runtime_grants"] == ["DELETE", "INSERT", "SELECT", "UPDATE"]
+    writes = [
+        grant for grant in state["runtime_column_grants"] if not grant.startswith(("SELECT", "REFERENCES"))
+    ]
+    assert writes == COLUMN_WRITES[table]
+    assert policy_files()[table] == f"policies/{table}.sql"
+
+
+def test_free_text_keeps_no_planner_statistics(admin_conn: psycopg.Connection) -> None:
+    """sql/statistics.sql: every column of user data that holds what people wrote."""
+    rows = admin_conn.execute(
+        """
+        select attrelid::regclass::text, attname::text from pg_attribute
+        where attrelid = any(%s::regclass[]) and attnum > 0 and not attisdropped and attstattarget = 0
+        order by 1, 2
+        """,
+        (tables_with_user_id(admin_conn),),
+    ).fetchall()
+    assert rows == [
+        ("conversations", "title"),
+        ("messages", "content"),
+        ("messages", "tool_calls"),
+        ("tags", "folded"),
+        ("tags", "name"),
+        ("tasks", "description"),
+        ("tasks", "title"),
+    ]
 
 
 def test_runtime_role_is_not_superuser_has_no_bypassrls_owns_nothing(admin_conn: psycopg.Connection) -> None:
@@ -176,3 +239,39 @@ def test_the_database_refuses_the_tag_names_the_api_refuses(admin_conn: psycopg.
         with pytest.raises(psycopg.errors.CheckViolation), admin_conn.transaction():
             admin_conn.execute("insert into tags (user_id, name, folded) values ('u', %s, 'x')", (bad,))
     admin_conn.execute("insert into tags (user_id, name, folded) values ('u', %s, 'x')", ("a\u2028b é",))
+
+
+def test_the_database_refuses_messages_the_service_never_writes(admin_conn: psycopg.Connection) -> None:
+    """A failure only on a user message, and only one of the two known; tool calls only
+    as a JSON array; a conversation's title not blank."""
+    admin_conn.execute("insert into conversations (user_id, title) values ('u', 'chat')")
+    insert = (
+        "insert into messages (user_id, conversation_id, role, content, tool_calls, failure)"
+        " select 'u', id, %s, 'x', %s, %s from conversations"
+    )
+    refused = {
+        ("assistant", None, "provider_error"): "messages_failure_only_user",
+        ("tool", None, "provider_timeout"): "messages_failure_only_user",
+        ("user", None, "boom"): "messages_failure_known",
+        ("user", None, ""): "messages_failure_known",
+        ("assistant", '{"name": "f"}', None): "messages_tool_calls_array",
+        ("assistant", '"calls"', None): "messages_tool_calls_array",
+        ("assistant", "null", None): "messages_tool_calls_array",
+    }
+    for values, constraint in refused.items():
+        with pytest.raises(psycopg.errors.CheckViolation) as exc, admin_conn.transaction():
+            admin_conn.execute(insert, values)
+        assert exc.value.diag.constraint_name == constraint, values
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation), admin_conn.transaction():
+        admin_conn.execute(insert, ("system", None, None))
+    for values in [
+        ("user", None, "provider_error"),
+        ("user", None, "provider_timeout"),
+        ("assistant", "[]", None),
+        ("assistant", '[{"id": "call_1", "function": {"name": "list_tasks"}}]', None),
+        ("tool", None, None),
+    ]:
+        admin_conn.execute(insert, values)
+    for title in ["", "   "]:
+        with pytest.raises(psycopg.errors.CheckViolation), admin_conn.transaction():
+            admin_conn.execute("insert into conversations (user_id, title) values ('u', %s)", (title,))
