@@ -1,4 +1,5 @@
-"""The tasks table and the shapes a task takes on the way in and out of the API."""
+"""The tables of user data (tasks, tags, conversations with the assistant) and the shapes
+they take on the way in and out of the API."""
 
 import re
 import unicodedata
@@ -15,7 +16,8 @@ from pydantic import (
     field_validator,
 )
 from pydantic_core import PydanticCustomError
-from sqlalchemy import BigInteger, Column, DateTime, Enum, Identity, SmallInteger, String, func, text
+from sqlalchemy import BigInteger, Column, DateTime, Enum, Identity, SmallInteger, String, Text, func, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 if TYPE_CHECKING:
@@ -28,6 +30,8 @@ TAG_MAX = 50
 # What fold_tag makes of a name of TAG_MAX characters at most: NFKC makes 18 of one (U+FDFA).
 TAG_FOLDED_MAX = TAG_MAX * 18
 TAGS_PER_TASK = 20
+CONVERSATION_TITLE_MAX = 200
+CHAT_MESSAGE_MAX = 4000
 
 
 def _refuse_lone_surrogates(value: object) -> object:
@@ -78,6 +82,20 @@ TagName = Annotated[
 SearchText = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=_NO_NUL), ValidUnicode
 ]
+
+
+# What a person writes to the assistant: 1..4000 characters once trimmed, no NUL.
+ChatMessageText = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=CHAT_MESSAGE_MAX, pattern=_NO_NUL),
+    ValidUnicode,
+]
+
+# Who wrote a message of a conversation (the database's enum message_role).
+MessageRole = Literal["user", "assistant", "tool"]
+MESSAGE_ROLES: tuple[str, ...] = ("user", "assistant", "tool")
+# Why a user message got no answer (messages.failure; the check messages_failure_known).
+MESSAGE_FAILURES: tuple[str, ...] = ("provider_error", "provider_timeout")
 
 
 def fold_tag(name: str) -> str:
@@ -203,6 +221,50 @@ class TaskTag(SQLModel, table=True):
     tag_id: int = Field(sa_column=Column(BigInteger, primary_key=True))
 
 
+class Conversation(SQLModel, table=True):
+    """A user's conversation with the assistant (sql/policies/conversations.sql)."""
+
+    __tablename__ = "conversations"
+
+    user_id: str = Field(sa_column=Column(String(255), primary_key=True))
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True)
+    )
+    title: str = Field(sa_column=Column(String(CONVERSATION_TITLE_MAX), nullable=False))
+    created_at: datetime | None = Field(
+        default=None,
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+    # When the conversation was last active (the chat touches it): the list shows the most
+    # recently active first.
+    updated_at: datetime | None = Field(
+        default=None,
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+
+class Message(SQLModel, table=True):
+    """A message of conversation conversation_id of the same user (sql/policies/messages.sql)."""
+
+    __tablename__ = "messages"
+
+    user_id: str = Field(sa_column=Column(String(255), primary_key=True))
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True)
+    )
+    conversation_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    role: str = Field(
+        sa_column=Column(Enum(*MESSAGE_ROLES, name="message_role", create_type=False), nullable=False)
+    )
+    content: str = Field(sa_column=Column(Text, nullable=False))
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSONB))
+    failure: str | None = Field(default=None, sa_column=Column(String(40)))
+    created_at: datetime | None = Field(
+        default=None,
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+
 # Request bodies refuse fields they do not name (so `user_id` and `id` in a body are a
 # 422 naming the field) and take JSON types as they are, with no coercion.
 # A dict of SQLModel's config type: a pydantic ConfigDict is, for mypy, not one.
@@ -325,6 +387,27 @@ class TagRename(SQLModel):
     model_config = _REQUEST
 
     name: TagName
+
+
+class ConversationPublic(SQLModel):
+    id: int
+    title: str
+    created_at: datetime
+    updated_at: datetime = pydantic.Field(description="When the conversation was last active")
+
+
+class MessagePublic(SQLModel):
+    id: int
+    conversation_id: int
+    role: MessageRole
+    content: str
+    tool_calls: list[dict[str, Any]] | None = pydantic.Field(
+        description="The tools the assistant called (assistant messages), as the model gave them"
+    )
+    failure: str | None = pydantic.Field(
+        description="Why this message of yours got no answer: provider_error or provider_timeout"
+    )
+    created_at: datetime
 
 
 class Account(SQLModel, table=True):

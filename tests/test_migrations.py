@@ -1,6 +1,6 @@
-"""Revision 0008 (tags, recurring tasks, search) on a database in use: the tasks a 0007
-database holds come through unchanged, and going back to 0007 and forward again leaves
-the schema as it was."""
+"""Revisions 0008 (tags, recurring tasks, search) and 0009 (conversations) on a database
+in use: the rows a 0007 or 0008 database holds come through unchanged, and going back to
+0007 and forward again leaves the schema as it was."""
 
 import asyncio
 from typing import Any
@@ -8,12 +8,16 @@ from typing import Any
 import psycopg
 
 from app.migrate import downgrade, upgrade
+from app.service import conversations
+from app.session import UserSessions
 from tests.conftest import DbUrls, http_client, make_settings, running_app
 from tests.tokens import auth
 
 # Every column tasks had at 0007.
 COLUMNS_0007 = "id, user_id, title, description, completed, priority::text, due_at, created_at, updated_at"
-TABLES = ("tasks", "tags", "task_tags")
+TABLES = ("tasks", "tags", "task_tags", "conversations", "messages")
+# The tables of user data a 0008 database has.
+TABLES_0008 = ("tasks", "tags", "task_tags", "accounts", "account_passwords")
 
 
 def fill_at_0007(admin_conn: psycopg.Connection) -> list[tuple[Any, ...]]:
@@ -75,6 +79,61 @@ async def test_tasks_of_0007_migrate_to_head_unchanged(
         assert completed.json()["next_task_id"] is not None
 
 
+def fill_at_0008(admin_conn: psycopg.Connection) -> None:
+    """fill_at_0007's tasks, with what 0008 added: tags on some, a recurring task and its
+    next occurrence; and an account."""
+    fill_at_0007(admin_conn)
+    admin_conn.execute(
+        "insert into tags (user_id, name, folded) select 'user' || mod(n, 7), 'Tag ' || n, 'tag ' || n"
+        " from generate_series(1, 20) n"
+    )
+    admin_conn.execute(
+        "insert into task_tags (user_id, task_id, tag_id) select t.user_id, t.id, g.id"
+        " from tasks t join tags g on g.user_id = t.user_id where mod(t.id + g.id, 3) = 0"
+    )
+    admin_conn.execute(
+        "update tasks set recurrence = 'monthly', recurrence_day = 31,"
+        " next_task_id = (select max(id) from tasks where user_id = 'user1')"
+        " where id = (select min(id) from tasks where user_id = 'user1' and due_at is not null)"
+    )
+    admin_conn.execute(
+        "insert into accounts (user_id, email, name) values ('acct-1', 'a@example.com', 'A');"
+        " insert into account_passwords (user_id, password_hash) values ('acct-1', '$argon2id$x')"
+    )
+
+
+def every_row(admin_conn: psycopg.Connection, tables: tuple[str, ...]) -> dict[str, list[str]]:
+    """Every row of `tables`, as the superuser reads them (as JSON text, in order)."""
+    return {
+        table: [
+            row for (row,) in admin_conn.execute(f"select row_to_json(t)::text from {table} t order by 1")
+        ]
+        for table in tables
+    }
+
+
+async def test_rows_of_0008_migrate_to_head_unchanged(
+    admin_conn: psycopg.Connection, db_url: DbUrls, sessions: UserSessions
+) -> None:
+    """Every row of every table is kept; the conversation tables come empty, and a user
+    can start a conversation at once."""
+    await asyncio.to_thread(downgrade, db_url.owner, "0008")
+    assert admin_conn.execute("select to_regclass('conversations')").fetchone() == (None,)
+    fill_at_0008(admin_conn)
+    before = every_row(admin_conn, TABLES_0008)
+    assert all(before.values()) and before["task_tags"]
+    await asyncio.to_thread(upgrade, db_url.owner)
+    assert every_row(admin_conn, TABLES_0008) == before
+    assert every_row(admin_conn, ("conversations", "messages")) == {"conversations": [], "messages": []}
+
+    async with sessions.connection("user1") as connection:
+        conversation = await conversations.start_conversation(connection, "user1", "hello")
+        await conversations.add_message(connection, "user1", conversation, "user", "hi")
+    assert admin_conn.execute("select user_id, role::text, content from messages").fetchall() == [
+        ("user1", "user", "hi")
+    ]
+
+
 def schema_of(admin_conn: psycopg.Connection) -> dict[str, list[tuple[Any, ...]]]:
     """What the migrations make of the tables of tasks and tags (without the order of
     columns, which a column dropped and added again changes)."""
@@ -122,6 +181,14 @@ def test_down_to_0007_and_up_again_leaves_the_schema_and_the_tasks_as_they_were(
         " where id = (select min(id) from tasks where user_id = 'user1' and due_at is not null)"
     )
 
+    # And a conversation of user1's, with a message of each role.
+    admin_conn.execute("insert into conversations (user_id, title) values ('user1', 'chat')")
+    admin_conn.execute(
+        "insert into messages (user_id, conversation_id, role, content, tool_calls)"
+        " select 'user1', c.id, r.role, 'x', case when r.role = 'assistant' then '[]'::jsonb end"
+        " from conversations c, unnest(enum_range(null::message_role)) r(role)"
+    )
+
     downgrade(db_url.owner, "0007")
     at_0007 = schema_of(admin_conn)
     assert {row[1] for row in at_0007["columns"] if row[0] == "tasks"} == {
@@ -129,7 +196,7 @@ def test_down_to_0007_and_up_again_leaves_the_schema_and_the_tasks_as_they_were(
     }
     assert ("tasks", "tasks_pkey", "PRIMARY KEY (id)") in at_0007["constraints"]
     assert not [row for row in at_0007["columns"] if row[0] != "tasks"]
-    assert not [row for row in at_0007["types"] if row[0] == "task_recurrence"]
+    assert not [row for row in at_0007["types"] if row[0] in ("task_recurrence", "message_role")]
     assert admin_conn.execute(f"select {COLUMNS_0007} from tasks order by id").fetchall() == before
 
     upgrade(db_url.owner)
