@@ -24,7 +24,7 @@ from app.middleware import (
     RequestContextMiddleware,
 )
 from app.ratelimit import ClientRateLimitMiddleware, RateLimiter, limit_writes
-from app.routes import accounts, docs, health, tags, tasks, wellknown
+from app.routes import accounts, conversations, docs, health, tags, tasks, wellknown
 from app.session import UserSessions
 from app.tools.server import build_mcp
 
@@ -159,6 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     write_limits = [Depends(limit_writes)] if settings.rate_limit_writes.strip() else []
     app.include_router(tasks.router, dependencies=write_limits, responses=OPERATIONAL_RESPONSES)
     app.include_router(tags.router, dependencies=write_limits, responses=OPERATIONAL_RESPONSES)
+    app.include_router(conversations.router, dependencies=write_limits, responses=OPERATIONAL_RESPONSES)
     if settings.metrics_enabled:
         app.state.metrics = metrics.Metrics(app)
         app.include_router(metrics.router)

@@ -1,4 +1,5 @@
-"""Who may call the task and tag routes: every 401 variant, and 403 on another user's path."""
+"""Who may call the task, tag and conversation routes: every 401 variant, and 403 on
+another user's path."""
 
 import logging
 
@@ -20,6 +21,9 @@ ROUTES = [
     ("GET", "/api/alice/tags"),
     ("PATCH", "/api/alice/tags/work"),
     ("DELETE", "/api/alice/tags/work"),
+    ("GET", "/api/alice/conversations"),
+    ("GET", "/api/alice/conversations/1/messages"),
+    ("DELETE", "/api/alice/conversations/1"),
 ]
 
 
