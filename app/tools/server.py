@@ -15,6 +15,7 @@ import ipaddress
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -31,7 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth import TokenVerifier
 from app.config import Settings
-from app.tools.auth import AuthGuard, BearerTokens
+from app.tools.auth import AuthGuard, BearerTokens, ChatTokens
 from app.tools.tasks import TaskTools
 
 MCP_PATH = "/mcp"
@@ -174,12 +175,25 @@ class _Endpoint:
         await self.app(dict(scope), receive, send)
 
 
+@dataclass(frozen=True)
+class Mcp:
+    """An app's MCP server, and how the app itself reaches it (the chat's agent)."""
+
+    server: MCPServer
+    # The SDK's app behind /mcp, and its URL: the chat's in-process transport.
+    endpoint: ASGIApp
+    url: str
+    chat_tokens: ChatTokens
+
+
 def build_mcp(
     app: FastAPI, settings: Settings, token_verifier: TokenVerifier, allowed_hosts: list[str]
-) -> MCPServer:
+) -> Mcp:
     """The app's MCP server, its routes added to `app`. Its session manager must run in
-    the app's lifespan: `async with server.session_manager.run(): ...`."""
-    resource = AnyHttpUrl(settings.public_base_url() + MCP_PATH)
+    the app's lifespan: `async with mcp.server.session_manager.run(): ...`."""
+    url = settings.public_base_url() + MCP_PATH
+    resource = AnyHttpUrl(url)
+    chat_tokens = ChatTokens(url)
     auth = AuthSettings(
         issuer_url=AnyHttpUrl(issuer_url(settings)),
         resource_server_url=resource,
@@ -198,7 +212,7 @@ def build_mcp(
             title="Todo API",
             instructions=INSTRUCTIONS,
             version=app.version,
-            token_verifier=BearerTokens(token_verifier, settings.jwt_leeway),
+            token_verifier=BearerTokens(token_verifier, settings.jwt_leeway, chat_tokens),
             auth=auth,
             tools=tools,
         )
@@ -220,4 +234,4 @@ def build_mcp(
             _Route(metadata_path, endpoint, methods=["GET", "OPTIONS"], include_in_schema=False),
         ]
     )
-    return server
+    return Mcp(server, endpoint, url, chat_tokens)
