@@ -115,6 +115,21 @@ class Settings(BaseSettings):
     # `*` for any. Unset: see allowed_host_patterns().
     allowed_hosts: Annotated[list[str], NoDecode] = []
     shutdown_timeout: int = Field(default=30, ge=1)
+    # The chat (POST /api/{user_id}/chat). CHAT_MODEL names a model at an OpenAI-compatible
+    # Chat Completions endpoint (OPENAI_BASE_URL, unset: OpenAI's; OPENAI_API_KEY); unset:
+    # the built-in offline assistant, which needs no provider (app/chat/offline.py).
+    chat_model: str | None = None
+    openai_base_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    # Seconds one chat message may take, model calls and tool calls together.
+    chat_timeout: float = Field(default=60.0, gt=0, le=600)
+    # Model calls per chat message at most (each may ask for tool calls).
+    chat_max_turns: int = Field(default=8, ge=2, le=50)
+    # How many earlier messages of the conversation the model is given.
+    chat_history_messages: int = Field(default=20, ge=0, le=500)
+    # Send the Agents SDK's traces to the vendor (OpenAI): off unless asked for.
+    chat_tracing: bool = False
+    rate_limit_chat: str = "20/minute"
     # The service's origin as clients reach it (https://api.example.com behind a proxy):
     # the MCP server names itself by it. Unset: http://HOST:PORT (see public_base_url()).
     public_url: str | None = None
@@ -206,7 +221,7 @@ class Settings(BaseSettings):
         """Whether built-in accounts are on: ACCOUNTS_ENABLED, else on for the embedded default."""
         return self.embedded if self.accounts_enabled is None else self.accounts_enabled
 
-    @field_validator("rate_limit_requests", "rate_limit_writes", "rate_limit_auth")
+    @field_validator("rate_limit_requests", "rate_limit_writes", "rate_limit_auth", "rate_limit_chat")
     @classmethod
     def _rate_limits_parse(cls, value: str) -> str:
         if value.strip():

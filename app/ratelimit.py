@@ -42,6 +42,7 @@ class RateLimiter:
         self._requests = self._parse(settings.rate_limit_requests)
         self._writes = self._parse(settings.rate_limit_writes)
         self._auth = self._parse(settings.rate_limit_auth)
+        self._chat = self._parse(settings.rate_limit_chat)
 
     @staticmethod
     def _parse(value: str) -> list[RateLimitItem]:
@@ -73,6 +74,9 @@ class RateLimiter:
 
     async def writes_retry_after(self, user_id: str) -> int | None:
         return await self._retry_after(self._writes, "writes", user_id)
+
+    async def chat_retry_after(self, user_id: str) -> int | None:
+        return await self._retry_after(self._chat, "chat", user_id)
 
     async def register_retry_after(self, address: str, email: str) -> int | None:
         """RATE_LIMIT_AUTH for sign-up, per client address and per email."""
@@ -187,6 +191,15 @@ async def limit_writes(request: Request, subject: CurrentSubject) -> None:
     if retry_after is not None:
         log.warning("rate limited writes of a user")
         raise _rate_limited(retry_after, "too many changes, slow down")
+
+
+async def limit_chat(request: Request, subject: CurrentSubject) -> None:
+    """RATE_LIMIT_CHAT per user, for chat messages (each may run several model calls;
+    the tool calls they make count against RATE_LIMIT_WRITES too)."""
+    retry_after = await request.app.state.rate_limiter.chat_retry_after(subject)
+    if retry_after is not None:
+        log.warning("rate limited chat messages of a user")
+        raise _rate_limited(retry_after, "too many chat messages, slow down")
 
 
 async def limit_register(request: Request, email: str) -> None:
