@@ -23,8 +23,8 @@ from app.middleware import (
     JsonCORSMiddleware,
     RequestContextMiddleware,
 )
-from app.ratelimit import ClientRateLimitMiddleware, RateLimiter, limit_writes
-from app.routes import accounts, conversations, docs, health, tags, tasks, wellknown
+from app.ratelimit import ClientRateLimitMiddleware, RateLimiter, limit_chat, limit_writes
+from app.routes import accounts, chat, conversations, docs, health, tags, tasks, wellknown
 from app.session import UserSessions
 from app.tools.server import build_mcp
 
@@ -128,9 +128,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.user_sessions = sessions
             # Made here, not at import: a Redis client belongs to the serving event loop.
             app.state.rate_limiter = RateLimiter(settings)
+            # The chat's agent, made on the first chat message (app/routes/chat.py).
+            app.state.assistant = None
             # The MCP server's tasks (one per call, stateless) run in its session manager.
-            async with mcp_server.session_manager.run():
-                yield
+            try:
+                async with mcp.server.session_manager.run():
+                    yield
+            finally:
+                if app.state.assistant is not None:
+                    await app.state.assistant.aclose()
         finally:
             await engine.dispose()
             await token_verifier.aclose()
@@ -160,9 +166,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks.router, dependencies=write_limits, responses=OPERATIONAL_RESPONSES)
     app.include_router(tags.router, dependencies=write_limits, responses=OPERATIONAL_RESPONSES)
     app.include_router(conversations.router, dependencies=write_limits, responses=OPERATIONAL_RESPONSES)
+    chat_limits = [Depends(limit_chat)] if settings.rate_limit_chat.strip() else []
+    app.include_router(chat.router, dependencies=chat_limits, responses=OPERATIONAL_RESPONSES)
     if settings.metrics_enabled:
         app.state.metrics = metrics.Metrics(app)
         app.include_router(metrics.router)
-    mcp_server = build_mcp(app, settings, token_verifier, allowed_hosts)
+    mcp = build_mcp(app, settings, token_verifier, allowed_hosts)
+    app.state.mcp = mcp
     _add_middleware(app, settings, allowed_hosts)
     return app
