@@ -185,7 +185,8 @@ async def test_another_users_conversation_is_not_found_like_a_missing_one(
         {},
         {"message": "hi", "conversation_id": 0},
         {"message": "hi", "conversation_id": "1"},
-        {"message": "hi", "conversation_id": 2**63},
+        {"message": "hi", "conversation_id": 1.5},
+        {"message": "hi", "conversation_id": 2**53},
         {"message": "hi", "user_id": "bob"},
     ],
 )

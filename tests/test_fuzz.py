@@ -13,7 +13,7 @@ EXAMPLES_PER_OPERATION = 25
 SEEDED_TASKS = 20
 
 # Limits off: a fuzzer from one address would soon be answered 429 only.
-service = live_service("fuzz", rate_limit_requests="", rate_limit_writes="")
+service = live_service("fuzz", rate_limit_requests="", rate_limit_writes="", rate_limit_chat="")
 
 
 @pytest.fixture(scope="module")
@@ -77,5 +77,14 @@ def test_every_operation_answers_as_documented(case: schemathesis.Case) -> None:
         and response.status_code == 422
         and [error["type"] for error in response.json()["detail"]] == ["recurrence_without_due_at"]
     )
-    excluded = [positive_data_acceptance] if refused_for_the_stored_task else []
+    # sort=relevance without q is a 422 naming `q`, as the parameter's description says;
+    # no OpenAPI schema can tie one query parameter to another.
+    relevance_without_q = (
+        case.method == "GET"
+        and response.status_code == 422
+        and (case.query or {}).get("sort") == "relevance"
+        and not (case.query or {}).get("q")
+        and [error["loc"] for error in response.json()["detail"]] == [["query", "q"]]
+    )
+    excluded = [positive_data_acceptance] if refused_for_the_stored_task or relevance_without_q else []
     case.validate_response(response, excluded_checks=excluded)

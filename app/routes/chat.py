@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 from fastapi import APIRouter, Depends, Header, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.auth import CurrentSubject, require_path_owner
 from app.chat.events import Delta, ProviderFailed, Reply, ToolCall
@@ -52,11 +52,18 @@ router = APIRouter(
 TITLE_LENGTH = 80
 
 
+def _integral(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    conversation_id: int | None = Field(
-        default=None, ge=1, le=2**63 - 1, description="Continue this conversation; left out: start one"
+    # At most 2^53 - 1: past it a JSON number is not exact in most clients (JavaScript's
+    # among them), and the ids, a bigint sequence, will not get there. 3.0 is an integer
+    # to JSON Schema, and taken as 3; "3" is not.
+    conversation_id: Annotated[int | None, BeforeValidator(_integral)] = Field(
+        default=None, ge=1, le=2**53 - 1, description="Continue this conversation; left out: start one"
     )
     message: ChatMessageText
 
