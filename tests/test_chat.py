@@ -530,3 +530,97 @@ async def test_a_conversation_continues_on_another_instance_and_after_a_restart(
     ]
     # The tool call the first instance made is in the restarted one's history.
     assert any(m["role"] == "tool" and "Survive the restart" in m["content"] for m in messages)
+
+
+# --- tracing, and a streaming client that leaves --------------------------------------
+
+
+class _Recorder:
+    """An Agents SDK trace processor that keeps the names of the traces it is given."""
+
+    def __init__(self) -> None:
+        self.traces: list[str] = []
+
+    def on_trace_start(self, trace: Any) -> None:
+        self.traces.append(trace.name)
+
+    def on_trace_end(self, trace: Any) -> None: ...
+    def on_span_start(self, span: Any) -> None: ...
+    def on_span_end(self, span: Any) -> None: ...
+    def shutdown(self) -> None: ...
+    def force_flush(self) -> None: ...
+
+
+@pytest.mark.parametrize("tracing", [False, True])
+async def test_traces_go_to_the_vendor_only_when_asked_for(db_url: DbUrls, tracing: bool) -> None:
+    from agents.tracing import get_trace_provider, set_trace_processors
+
+    recorder = _Recorder()
+    # In place of the SDK's exporter to OpenAI: what it would have been given.
+    set_trace_processors([recorder])  # type: ignore[list-item]
+    try:
+        async with (
+            running_app(make_settings(db_url, chat_tracing=tracing)) as app,
+            http_client(app) as client,
+        ):
+            assert (await send(client, "Show me all my tasks")).status_code == 200
+    finally:
+        get_trace_provider().set_processors([])
+    assert bool(recorder.traces) is tracing
+
+
+async def test_a_streaming_client_that_leaves_still_gets_its_exchange_stored(
+    db_url: DbUrls, provider: FakeProvider, admin: psycopg.Connection
+) -> None:
+    """The client hangs up after the first event; the run goes on, and its rows are the
+    JSON answer's."""
+    settings = provider_settings(db_url, provider, chat_timeout=10)
+    provider.script(call("add_task", {"title": "Finished without me"}), Step(text="Done.", delay=0.5))
+    body = json.dumps({"message": "add it"}).encode()
+    headers = [
+        (b"host", b"test"),
+        (b"content-type", b"application/json"),
+        (b"accept", b"text/event-stream"),
+        (b"authorization", auth("alice")["Authorization"].encode()),
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": chat_url(),
+        "raw_path": chat_url().encode(),
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("test", 80),
+    }
+    first_event = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await first_event.wait()
+        return {"type": "http.disconnect"}
+
+    async def send_(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and message.get("body"):
+            first_event.set()
+
+    async with running_app(settings) as app:
+        await app(scope, receive, send_)
+        chunks = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        assert b"event: done" not in chunks
+        for _ in range(100):
+            rows = admin.execute("select role::text from messages order by id").fetchall()
+            if len(rows) == 3:
+                break
+            await asyncio.sleep(0.05)
+    assert rows == [("user",), ("tool",), ("assistant",)]
+    assert admin.execute("select content from messages where role = 'assistant'").fetchone() == ("Done.",)
