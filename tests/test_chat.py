@@ -217,6 +217,17 @@ async def test_chat_is_rate_limited_per_user(db_url: DbUrls) -> None:
         assert (await send(client, "Hello", user="bob")).status_code == 200
 
 
+async def test_the_chats_tool_writes_count_against_the_users_write_limit(db_url: DbUrls) -> None:
+    settings = make_settings(db_url, rate_limit_writes="1/minute")
+    async with running_app(settings) as app, http_client(app) as client:
+        assert (await send(client, "Add a task to buy milk")).json()["tool_calls"][0]["result"][
+            "status"
+        ] == "created"
+        second = (await send(client, "Add a task to buy eggs")).json()
+        assert second["tool_calls"][0]["result"].startswith("Error executing tool add_task: too many changes")
+        assert [task["title"] for task in await tasks_of(client)] == ["Buy milk"]
+
+
 # --- streaming ------------------------------------------------------------------------
 
 
