@@ -525,12 +525,17 @@ SEEDED["messages"] = [
     ("alice", "plans:hi"),
     ("bob", "bob chat:yo"),
 ]
-CHAT_TABLES = [pytest.param(Conversation, id="conversations"), pytest.param(Message, id="messages")]
 ChatTable = type[Conversation] | type[Message]
+# Messages first: deleting conversations takes messages with them.
+CHAT_TABLES: list[ChatTable] = [Message, Conversation]
 
 
 def chat_rows(admin_conn: psycopg.Connection, model: ChatTable) -> list[tuple[str, str]]:
     return [tuple(row) for row in admin_conn.execute(ROWS_OF[model.__tablename__]).fetchall()]  # type: ignore[misc]
+
+
+def all_chat_rows_are_as_seeded(admin_conn: psycopg.Connection) -> bool:
+    return all(chat_rows(admin_conn, model) == SEEDED[model.__tablename__] for model in CHAT_TABLES)
 
 
 def new_chat_row(model: ChatTable, user: str, made: dict[str, dict[str, int]]) -> dict[str, object]:
@@ -538,71 +543,78 @@ def new_chat_row(model: ChatTable, user: str, made: dict[str, dict[str, int]]) -
     new message in their own first conversation (alice: plans, bob: bob chat)."""
     if model is Conversation:
         return {"user_id": user, "title": "new"}
-    return {
-        "user_id": user,
-        "conversation_id": next(iter(made[user].values())),
-        "role": "user",
-        "content": "new",
-    }
+    return {"user_id": user, "conversation_id": conversation_of(made, user), "role": "user", "content": "new"}
 
 
-@pytest.mark.parametrize("model", CHAT_TABLES)
-async def test_unfiltered_select_of_a_conversation_table_returns_only_the_current_users_rows(
-    sessions: UserSessions, admin_conn: psycopg.Connection, model: ChatTable
+def conversation_of(made: dict[str, dict[str, int]], user: str) -> int:
+    return next(iter(made[user].values()))
+
+
+async def test_unfiltered_selects_of_the_conversation_tables_return_only_the_current_users_rows(
+    sessions: UserSessions, admin_conn: psycopg.Connection
 ) -> None:
     made = await seed_conversations(sessions)
-    assert chat_rows(admin_conn, model) == SEEDED[model.__tablename__]
-    for user in ("alice", "bob"):
-        async with sessions.transaction(user) as session:
-            rows = (await session.scalars(select(model))).all()
-            count = await session.scalar(select(func.count()).select_from(model))
-            # Named by the other user's ids: nothing.
-            other = made["bob" if user == "alice" else "alice"]
-            column = Conversation.id if model is Conversation else Message.conversation_id
-            assert (await session.scalars(select(model).where(column.in_(other.values())))).all() == []
-        expected = [row for row in SEEDED[model.__tablename__] if row[0] == user]
-        assert {row.user_id for row in rows} == {user}
-        assert len(rows) == count == len(expected)
+    assert all_chat_rows_are_as_seeded(admin_conn)
+    for model in CHAT_TABLES:
+        for user in ("alice", "bob"):
+            async with sessions.transaction(user) as session:
+                rows = (await session.scalars(select(model))).all()
+                count = await session.scalar(select(func.count()).select_from(model))
+                # Named by the other user's conversation ids: nothing.
+                other = made["bob" if user == "alice" else "alice"].values()
+                column = Conversation.id if model is Conversation else Message.conversation_id
+                assert (await session.scalars(select(model).where(column.in_(other)))).all() == []
+            expected = [row for row in SEEDED[model.__tablename__] if row[0] == user]
+            assert {row.user_id for row in rows} == {user}, model
+            assert len(rows) == count == len(expected), model
+        # With no user, or an empty one: nothing.
+        for context in (None, ""):
+            async with sessions.anonymous() as session:
+                if context is not None:
+                    await session.execute(text("select set_config('app.user_id', :v, true)"), {"v": context})
+                assert (await session.scalars(select(model))).all() == [], (model, context)
 
 
-@pytest.mark.parametrize("model", CHAT_TABLES)
-async def test_without_a_user_no_conversation_table_row_is_visible(
-    sessions: UserSessions, model: ChatTable
-) -> None:
-    await seed_conversations(sessions)
-    for context in (None, ""):
-        async with sessions.sessionmaker() as session, session.begin():
-            if context is not None:
-                await session.execute(text("select set_config('app.user_id', :v, true)"), {"v": context})
-            assert (await session.scalars(select(model))).all() == []
-
-
-@pytest.mark.parametrize("model", CHAT_TABLES)
-async def test_insert_into_a_conversation_table_of_another_users_row_or_without_a_user_is_a_policy_violation(
-    sessions: UserSessions, admin_conn: psycopg.Connection, model: ChatTable
+async def test_an_insert_into_the_conversation_tables_for_another_user_or_none_is_a_policy_violation(
+    sessions: UserSessions, admin_conn: psycopg.Connection
 ) -> None:
     made = await seed_conversations(sessions)
-    # For messages, a message in bob's own conversation: only its user_id makes it bob's.
-    with pytest.raises(DBAPIError) as exc:
-        async with sessions.transaction("alice") as session:
-            await session.execute(insert(model).values(new_chat_row(model, "bob", made)))
-    assert_rls_violation(exc)
-    with pytest.raises(DBAPIError) as exc:
-        async with sessions.anonymous() as session:
-            await session.execute(insert(model).values(new_chat_row(model, "alice", made)))
-    assert_rls_violation(exc)
-    assert chat_rows(admin_conn, model) == SEEDED[model.__tablename__]
-    # The control: alice's own row goes in.
+    for model in CHAT_TABLES:
+        # For messages, a message in bob's own conversation: only its user_id makes it bob's.
+        with pytest.raises(DBAPIError) as exc:
+            async with sessions.transaction("alice") as session:
+                await session.execute(insert(model).values(new_chat_row(model, "bob", made)))
+        assert_rls_violation(exc)
+        with pytest.raises(DBAPIError) as exc:
+            async with sessions.anonymous() as session:
+                await session.execute(insert(model).values(new_chat_row(model, "alice", made)))
+        assert_rls_violation(exc)
+    assert all_chat_rows_are_as_seeded(admin_conn)
+    # The control: alice's own rows go in.
     async with sessions.transaction("alice") as session:
-        await session.execute(insert(model).values(new_chat_row(model, "alice", made)))
-    added = {"conversations": ("alice", "new"), "messages": ("alice", "plans:new")}[model.__tablename__]
-    assert chat_rows(admin_conn, model) == sorted([*SEEDED[model.__tablename__], added])
+        for model in CHAT_TABLES:
+            await session.execute(insert(model).values(new_chat_row(model, "alice", made)))
+    assert chat_rows(admin_conn, Conversation) == sorted([*SEEDED["conversations"], ("alice", "new")])
+    assert chat_rows(admin_conn, Message) == sorted([*SEEDED["messages"], ("alice", "plans:new")])
 
 
 async def test_unfiltered_updates_of_the_conversation_tables_touch_only_the_current_users_rows(
     sessions: UserSessions, admin_conn: psycopg.Connection
 ) -> None:
-    await seed_conversations(sessions)
+    made = await seed_conversations(sessions)
+    bobs = made["bob"]["bob chat"]
+    # bob's rows by their ids, as another user and as no one: nothing.
+    for acting in (sessions.transaction("alice"), sessions.anonymous()):
+        async with acting as session:
+            renamed = await session.execute(
+                update(Conversation).where(Conversation.id == bobs).values(title="x")
+            )
+            failed = await session.execute(
+                update(Message).where(Message.conversation_id == bobs).values(failure="provider_error")
+            )
+        assert renamed.rowcount == failed.rowcount == 0  # type: ignore[attr-defined]
+    assert all_chat_rows_are_as_seeded(admin_conn)
+
     async with sessions.transaction("alice") as session:
         renamed = await session.execute(update(Conversation).values(title=func.upper(Conversation.title)))
         failed = await session.execute(
@@ -623,39 +635,23 @@ async def test_unfiltered_updates_of_the_conversation_tables_touch_only_the_curr
     ]
 
 
-@pytest.mark.parametrize("user", [None, "alice"], ids=["no user", "another user"])
-async def test_update_of_bobs_conversation_and_message_by_id_touches_nothing(
-    sessions: UserSessions, admin_conn: psycopg.Connection, user: str | None
-) -> None:
-    made = await seed_conversations(sessions)
-    bobs = made["bob"]["bob chat"]
-    acting = sessions.anonymous() if user is None else sessions.transaction(user)
-    async with acting as session:
-        renamed = await session.execute(update(Conversation).where(Conversation.id == bobs).values(title="x"))
-        failed = await session.execute(
-            update(Message).where(Message.conversation_id == bobs).values(failure="provider_error")
-        )
-    assert renamed.rowcount == failed.rowcount == 0  # type: ignore[attr-defined]
-    assert chat_rows(admin_conn, Conversation) == SEEDED["conversations"]
-    assert admin_conn.execute("select count(*) from messages where failure is not null").fetchone() == (0,)
-
-
-@pytest.mark.parametrize("model", CHAT_TABLES)
-async def test_an_update_that_gives_a_conversation_table_row_away_is_refused_by_grant_and_by_policy(
-    sessions: UserSessions, admin_conn: psycopg.Connection, model: ChatTable
+async def test_an_update_that_gives_a_conversation_or_message_away_is_refused_by_grant_and_by_policy(
+    sessions: UserSessions, admin_conn: psycopg.Connection
 ) -> None:
     await seed_conversations(sessions)
-    table = model.__tablename__
-    for grant in (None, f"grant update (user_id) on {table} to todo_app"):
-        if grant:
-            admin_conn.execute(grant)
-        with pytest.raises(DBAPIError) as exc:
-            async with sessions.transaction("alice") as session:
-                await session.execute(update(model).values(user_id="bob"))
-        assert getattr(exc.value.orig, "sqlstate", None) == "42501"
-        if grant:
-            assert_rls_violation(exc)
-    assert chat_rows(admin_conn, model) == SEEDED[table]
+    for model in CHAT_TABLES:
+        # No grant on user_id; then, with the grant lifted in this test's database, the
+        # update policy's WITH CHECK.
+        for grant in (None, f"grant update (user_id) on {model.__tablename__} to todo_app"):
+            if grant:
+                admin_conn.execute(grant)
+            with pytest.raises(DBAPIError) as exc:
+                async with sessions.transaction("alice") as session:
+                    await session.execute(update(model).values(user_id="bob"))
+            assert getattr(exc.value.orig, "sqlstate", None) == "42501", (model, grant)
+            if grant:
+                assert_rls_violation(exc)
+    assert all_chat_rows_are_as_seeded(admin_conn)
 
 
 async def test_a_message_is_written_once_and_only_its_failure_changes(
@@ -672,38 +668,49 @@ async def test_a_message_is_written_once_and_only_its_failure_changes(
                 await session.execute(update(Message).where(Message.content == "hi").values(**values))
         assert getattr(exc.value.orig, "sqlstate", None) == "42501", values
         assert "permission denied" in str(exc.value.orig)
-    assert chat_rows(admin_conn, Message) == SEEDED["messages"]
+    assert all_chat_rows_are_as_seeded(admin_conn)
 
 
-@pytest.mark.parametrize("model", CHAT_TABLES)
-async def test_unfiltered_delete_from_a_conversation_table_removes_only_the_current_users_rows(
-    sessions: UserSessions, admin_conn: psycopg.Connection, model: ChatTable
+async def test_unfiltered_deletes_from_the_conversation_tables_remove_only_the_current_users_rows(
+    sessions: UserSessions, admin_conn: psycopg.Connection
 ) -> None:
     await seed_conversations(sessions)
-    async with sessions.anonymous() as session:
-        nothing = await session.execute(delete(model))
-    assert nothing.rowcount == 0  # type: ignore[attr-defined]
-    assert chat_rows(admin_conn, model) == SEEDED[model.__tablename__]
-    async with sessions.transaction("alice") as session:
-        result = await session.execute(delete(model))
-    seeded = SEEDED[model.__tablename__]
-    assert result.rowcount == len([row for row in seeded if row[0] == "alice"])  # type: ignore[attr-defined]
-    assert chat_rows(admin_conn, model) == [row for row in seeded if row[0] == "bob"]
-    # Deleting alice's conversations takes their messages with them (on delete cascade): hers only.
+    for model in CHAT_TABLES:
+        async with sessions.anonymous() as session:
+            nothing = await session.execute(delete(model))
+        assert nothing.rowcount == 0  # type: ignore[attr-defined]
+    assert all_chat_rows_are_as_seeded(admin_conn)
+    # alice's messages, then her conversations.
+    for model in CHAT_TABLES:
+        async with sessions.transaction("alice") as session:
+            result = await session.execute(delete(model))
+        seeded = SEEDED[model.__tablename__]
+        assert result.rowcount == len([row for row in seeded if row[0] == "alice"])  # type: ignore[attr-defined]
+        assert chat_rows(admin_conn, model) == [row for row in seeded if row[0] == "bob"]
     assert chat_rows(admin_conn, Message) == [("bob", "bob chat:yo")]
 
+
+async def test_deleting_a_conversation_takes_its_messages_and_no_one_elses(
+    sessions: UserSessions, admin_conn: psycopg.Connection
+) -> None:
+    made = await seed_conversations(sessions)
+    async with sessions.transaction("alice") as session:
+        await session.execute(delete(Conversation).where(Conversation.id == made["alice"]["plans"]))
+    assert chat_rows(admin_conn, Message) == [("alice", "ideas:idea"), ("bob", "bob chat:yo")]
+    async with sessions.transaction("alice") as session:
+        result = await session.execute(delete(Conversation))
+    assert result.rowcount == 1  # type: ignore[attr-defined]
+    assert chat_rows(admin_conn, Message) == [("bob", "bob chat:yo")]
+
+
+# --- the keys: no message in another user's conversation, whatever role writes it --------
 
 # (user_id, whose conversation): messages naming a conversation of another user.
 CROSS_MESSAGES = [("alice", "bob"), ("bob", "alice")]
 
 
-def conversation_of(made: dict[str, dict[str, int]], user: str) -> int:
-    return next(iter(made[user].values()))
-
-
-@pytest.mark.parametrize("role", ["owner", "superuser"])
 async def test_a_message_in_another_users_conversation_is_refused_by_the_key_even_where_rls_does_not_hold(
-    sessions: UserSessions, admin_conn: psycopg.Connection, db_url: DbUrls, role: str
+    sessions: UserSessions, admin_conn: psycopg.Connection, db_url: DbUrls
 ) -> None:
     """No message of one user can be in another user's conversation: its foreign key
     carries user_id. Shown where row-level security stops nothing: as the superuser, and
@@ -712,23 +719,24 @@ async def test_a_message_in_another_users_conversation_is_refused_by_the_key_eve
     insert_message = (
         "insert into messages (user_id, conversation_id, role, content) values (%s, %s, 'user', 'x')"
     )
-    with psycopg.connect(db_url.owner if role == "owner" else db_url.admin) as conn:
-        if role == "owner":
-            conn.execute("alter table messages no force row level security")
-        # The control: a message of alice's in her own conversation goes in.
-        conn.execute(insert_message, ("alice", conversation_of(made, "alice")))
-        for user, owner in CROSS_MESSAGES:
-            with pytest.raises(psycopg.errors.ForeignKeyViolation) as exc, conn.transaction():
-                conn.execute(insert_message, (user, conversation_of(made, owner)))
-            assert exc.value.diag.constraint_name == "messages_conversation_fkey", (user, owner)
-            # Nor can a message be moved into one.
-            with pytest.raises(psycopg.errors.ForeignKeyViolation), conn.transaction():
-                conn.execute(
-                    "update messages set conversation_id = %s where user_id = %s",
-                    (conversation_of(made, owner), user),
-                )
-        conn.rollback()
-    assert chat_rows(admin_conn, Message) == SEEDED["messages"]
+    for url in (db_url.owner, db_url.admin):
+        with psycopg.connect(url) as conn:
+            if url == db_url.owner:
+                conn.execute("alter table messages no force row level security")
+            # The control: a message of alice's in her own conversation goes in.
+            conn.execute(insert_message, ("alice", conversation_of(made, "alice")))
+            for user, owner in CROSS_MESSAGES:
+                with pytest.raises(psycopg.errors.ForeignKeyViolation) as exc, conn.transaction():
+                    conn.execute(insert_message, (user, conversation_of(made, owner)))
+                assert exc.value.diag.constraint_name == "messages_conversation_fkey", (url, user, owner)
+                # Nor can a message be moved into one.
+                with pytest.raises(psycopg.errors.ForeignKeyViolation), conn.transaction():
+                    conn.execute(
+                        "update messages set conversation_id = %s where user_id = %s",
+                        (conversation_of(made, owner), user),
+                    )
+            conn.rollback()
+    assert all_chat_rows_are_as_seeded(admin_conn)
     forced = "select relforcerowsecurity from pg_class where oid = 'messages'::regclass"
     assert admin_conn.execute(forced).fetchone() == (True,)
 
@@ -752,7 +760,7 @@ async def test_a_message_in_another_users_conversation_is_refused_to_the_runtime
             assert "messages_conversation_fkey" in str(exc.value.orig)
         else:
             assert_rls_violation(exc)
-    assert chat_rows(admin_conn, Message) == SEEDED["messages"]
+    assert all_chat_rows_are_as_seeded(admin_conn)
 
 
 # --- pooled connections -------------------------------------------------------------
