@@ -257,7 +257,8 @@ class Message(SQLModel, table=True):
         sa_column=Column(Enum(*MESSAGE_ROLES, name="message_role", create_type=False), nullable=False)
     )
     content: str = Field(sa_column=Column(Text, nullable=False))
-    tool_calls: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSONB))
+    # None is SQL NULL, not JSON null (which the messages_tool_calls_array check refuses).
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSONB(none_as_null=True)))
     failure: str | None = Field(default=None, sa_column=Column(String(40)))
     created_at: datetime | None = Field(
         default=None,

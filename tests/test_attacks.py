@@ -1,5 +1,6 @@
-"""Attacks on the running service over HTTP: other users' paths, ids and tag names,
-forged tokens, hostile user ids in the path, search terms. None may answer 5xx, show
+"""Attacks on the running service over HTTP: other users' paths, ids (of tasks and of
+conversations with the assistant) and tag names, forged tokens, hostile user ids in the
+path, search terms. None may answer 5xx, show
 another user's row, or change one.
 
 One real server (uvicorn in a subprocess) for the module. After every test, the victim's
@@ -45,8 +46,13 @@ ROUTES = [
     ("GET", "/tags", None),
     ("PATCH", "/tags/secret", {"name": "pwned"}),
     ("DELETE", "/tags/secret", None),
+    ("GET", "/conversations", None),
+    ("GET", "/conversations/{id}/messages", None),
+    ("DELETE", "/conversations/{id}", None),
 ]
-TASK_ROUTES = [route for route in ROUTES if "{id}" in route[1]]
+TASK_ROUTES = [route for route in ROUTES if route[1].startswith("/tasks/{id}")]
+# {id} is a conversation id.
+CONVERSATION_ROUTES = [route for route in ROUTES if route[1].startswith("/conversations/{id}")]
 
 
 def bearer(token: str | bytes) -> dict[str, Any]:
@@ -65,13 +71,17 @@ def task_path(user: str, route_path: str, task_id: int) -> str:
 
 def snapshot(service: LiveService, user: str = VICTIM) -> str:
     """The user's rows as the database stores them (tasks, tags and the links between
-    them), as JSON text."""
+    them, conversations and their messages), as JSON text."""
     row = service.admin.execute(
         "select json_build_object("
         " 'tasks', (select coalesce(json_agg(t order by t.id), '[]') from tasks t where t.user_id = %(u)s),"
         " 'tags', (select coalesce(json_agg(g order by g.id), '[]') from tags g where g.user_id = %(u)s),"
         " 'task_tags', (select coalesce(json_agg(l order by l.task_id, l.tag_id), '[]')"
-        "  from task_tags l where l.user_id = %(u)s))::text",
+        "  from task_tags l where l.user_id = %(u)s),"
+        " 'conversations', (select coalesce(json_agg(c order by c.id), '[]')"
+        "  from conversations c where c.user_id = %(u)s),"
+        " 'messages', (select coalesce(json_agg(m order by m.id), '[]')"
+        "  from messages m where m.user_id = %(u)s))::text",
         {"u": user},
     ).fetchone()
     assert row is not None
@@ -144,12 +154,38 @@ def victim_ids(http: httpx.Client) -> list[int]:
     return [task["id"] for task in tasks]
 
 
+@pytest.fixture(scope="module")
+def victim_conversations(service: LiveService) -> list[int]:
+    """Two conversations of the victim's with the assistant, with messages of every role.
+    Written by the superuser: no route starts a conversation but the chat's."""
+    ids = []
+    for title in ("salary negotiation", "medical question"):
+        row = service.admin.execute(
+            "insert into conversations (user_id, title) values (%s, %s) returning id", (VICTIM, title)
+        ).fetchone()
+        assert row is not None
+        ids.append(row[0])
+        service.admin.execute(
+            "insert into messages (user_id, conversation_id, role, content, tool_calls, failure) values"
+            " (%(u)s, %(c)s, 'user', %(t)s, null, null),"
+            ' (%(u)s, %(c)s, \'assistant\', \'\', \'[{"id": "call_1", "type": "function"}]\', null),'
+            " (%(u)s, %(c)s, 'tool', '{\"ok\": true}', null, null),"
+            " (%(u)s, %(c)s, 'user', 'are you there?', null, 'provider_timeout')",
+            {"u": VICTIM, "c": row[0], "t": f"about my {title}"},
+        )
+    return ids
+
+
 @pytest.fixture(autouse=True)
-def victims_rows_are_unchanged(service: LiveService, victim_ids: list[int]) -> Iterator[None]:
+def victims_rows_are_unchanged(
+    service: LiveService, victim_ids: list[int], victim_conversations: list[int]
+) -> Iterator[None]:
     before = snapshot(service)
     stored = json.loads(before)
     assert len(stored["tasks"]) == len(victim_ids)
     assert sorted(tag["name"] for tag in stored["tags"]) == sorted(VICTIM_TAGS)
+    assert [c["id"] for c in stored["conversations"]] == victim_conversations
+    assert len(stored["messages"]) == 4 * len(victim_conversations)
     yield
     assert snapshot(service) == before, "an attack changed the victim's rows"
 
@@ -183,6 +219,41 @@ def test_the_victims_task_id_on_your_own_path_is_the_same_404_as_a_missing_id(
         assert same_headers(foreign) == same_headers(missing)
     # Tags named in a write that found no task were made for no one.
     assert http.get(f"/api/{MALLORY}/tags", headers=token).json() == []
+
+
+@pytest.mark.parametrize(("method", "path", "body"), CONVERSATION_ROUTES)
+def test_the_victims_conversation_id_on_your_own_path_is_the_same_404_as_a_missing_id(
+    http: httpx.Client, victim_conversations: list[int], method: str, path: str, body: Any
+) -> None:
+    token = bearer(make_token(MALLORY))
+    missing = http.request(method, task_path(MALLORY, path, MISSING_ID), json=body, headers=token)
+    assert_clean(missing, 404)
+    assert missing.json() == {"detail": "Conversation not found"}
+    for conversation_id in victim_conversations:
+        foreign = http.request(method, task_path(MALLORY, path, conversation_id), json=body, headers=token)
+        assert foreign.status_code == 404
+        assert foreign.content == missing.content
+        assert same_headers(foreign) == same_headers(missing)
+        # On the victim's path with mallory's token: the 403 of every route.
+        response = http.request(method, task_path(VICTIM, path, conversation_id), json=body, headers=token)
+        assert_clean(response, 403)
+        assert response.json() == FORBIDDEN
+    listed = http.get(f"/api/{MALLORY}/conversations", params={"limit": 100}, headers=token)
+    assert_clean(listed, 200)
+    assert (listed.json(), listed.headers["X-Total-Count"]) == ([], "0")
+
+
+def test_hostile_conversation_ids_and_list_parameters_are_422(http: httpx.Client) -> None:
+    token = bearer(make_token(MALLORY))
+    for conversation_id in HOSTILE_IDS:
+        for method, path, body in CONVERSATION_ROUTES:
+            response = http.request(
+                method, f"/api/{MALLORY}{path.replace('{id}', conversation_id)}", json=body, headers=token
+            )
+            assert_clean(response, 422)
+    for query in ({"limit": "1000000"}, {"limit": "0"}, {"limit": "1 OR 1=1"}, {"offset": "-1"}):
+        for path in ("/conversations", f"/conversations/{MISSING_ID}/messages"):
+            assert_clean(http.get(f"/api/{MALLORY}{path}", params=query, headers=token), 422)
 
 
 def test_your_own_list_never_holds_the_victims_tasks(http: httpx.Client, victim_ids: list[int]) -> None:
@@ -394,23 +465,23 @@ def test_hostile_user_ids_that_no_token_may_carry_are_refused_on_every_route(
 # --- hostile task ids and query parameters on your own path -----------------------------
 
 
-@pytest.mark.parametrize(
-    "task_id",
-    [
-        "0",
-        "-1",
-        "1.5",
-        "1e3",
-        "0x10",
-        "9223372036854775808",
-        "9" * 40,
-        "1%20OR%201=1",
-        "1;delete",
-        "%00",
-        "%20",
-        "%ED%A0%80",  # U+D800 as UTF-8 would have it, which is not UTF-8
-    ],
-)
+HOSTILE_IDS = [
+    "0",
+    "-1",
+    "1.5",
+    "1e3",
+    "0x10",
+    "9223372036854775808",
+    "9" * 40,
+    "1%20OR%201=1",
+    "1;delete",
+    "%00",
+    "%20",
+    "%ED%A0%80",  # U+D800 as UTF-8 would have it, which is not UTF-8
+]
+
+
+@pytest.mark.parametrize("task_id", HOSTILE_IDS)
 def test_hostile_task_ids_are_422_on_every_task_route(http: httpx.Client, task_id: str) -> None:
     for method, path, body in TASK_ROUTES:
         response = http.request(

@@ -61,6 +61,15 @@ def test_a_clean_database_passes_as_the_owner_by_default(
     assert by_name["tasks_select_own"]["roles"] == [RUNTIME_ROLE]
     assert "app.current_user_id()" in by_name["tasks_update_own"]["using"]
     assert "app.current_user_id()" in by_name["tasks_update_own"]["with_check"]
+    # The conversation tables are audited as tasks are.
+    for table in ("conversations", "messages"):
+        audited = document["tables"][table]
+        assert audited["holds_user_data"] is True, table
+        assert audited["policy_file"] == f"policies/{table}.sql"
+        assert audited["rls_enabled"] is audited["rls_forced"] is True
+        assert [policy["name"] for policy in audited["policies"]] == [
+            name.replace("tasks", table) for name in POLICIES
+        ]
     role = document["runtime_role"]
     assert role["name"] == RUNTIME_ROLE
     assert [role[key] for key in ("superuser", "bypassrls", "createrole", "createdb", "temporary")] == [
@@ -102,6 +111,25 @@ def test_each_change_to_tasks_is_a_problem(
     assert document["ok"] is False
     assert codes(document) == expected
     assert {problem["subject"] for problem in document["problems"]} == {"tasks"}
+
+
+def test_changes_to_the_conversation_tables_are_problems_naming_them(
+    db_url: DbUrls, admin_conn: psycopg.Connection
+) -> None:
+    changes = {
+        "alter table messages no force row level security": ("rls_not_forced", "messages"),
+        "alter policy conversations_select_own on conversations using (true)": (
+            "policy_changed",
+            "conversations",
+        ),
+        "drop policy messages_insert_own on messages": ("policy_missing", "messages"),
+        "grant truncate on conversations to todo_app": ("grants_drift", "conversations"),
+    }
+    for change in changes:
+        admin_conn.execute(change)
+    report = audit_database(db_url.owner)
+    found = [(problem.code, problem.subject) for problem in report.problems]
+    assert sorted(found) == sorted(changes.values())
 
 
 def test_a_policy_edited_live_is_named_with_what_changed(

@@ -9,8 +9,9 @@ from fastapi import status
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from app.errors import install_error_handlers
+from app.errors import NotFound, install_error_handlers
 from app.policies import existence_leaks
+from app.service import conversations
 from app.session import UserSessions
 from tests.tokens import auth
 
@@ -21,7 +22,14 @@ def test_the_schema_has_no_constraint_that_leaks_existence(admin_conn: psycopg.C
 
 @pytest.mark.parametrize(
     ("table", "columns"),
-    [("tasks", "title"), ("tags", "folded"), ("tags", "name"), ("task_tags", "task_id, tag_id")],
+    [
+        ("tasks", "title"),
+        ("tags", "folded"),
+        ("tags", "name"),
+        ("task_tags", "task_id, tag_id"),
+        ("conversations", "title"),
+        ("messages", "conversation_id, content"),
+    ],
 )
 def test_a_unique_index_without_user_id_is_caught(
     admin_conn: psycopg.Connection, table: str, columns: str
@@ -32,7 +40,7 @@ def test_a_unique_index_without_user_id_is_caught(
     assert existence_leaks(admin_conn) == [f"unique index leaky_key on {table} does not include user_id"]
 
 
-@pytest.mark.parametrize("target", ["tasks", "tags"])
+@pytest.mark.parametrize("target", ["tasks", "tags", "conversations"])
 def test_a_foreign_key_without_user_id_is_caught(admin_conn: psycopg.Connection, target: str) -> None:
     # A key on the id alone, to reference: the runtime role cannot write ids, so the key
     # itself tells nothing; the reference without user_id does.
@@ -46,7 +54,7 @@ def test_a_foreign_key_without_user_id_is_caught(admin_conn: psycopg.Connection,
         "foreign key notes_ref_id_fkey on notes does not pair user_id with user_id"
     ]
     admin_conn.execute("alter table notes drop constraint notes_ref_id_fkey")
-    # (user_id, id) is the primary key of both tables: a reference through it is sound.
+    # (user_id, id) is the primary key of each: a reference through it is sound.
     admin_conn.execute(
         f"alter table notes add foreign key (user_id, ref_id) references {target} (user_id, id)"
     )
@@ -87,6 +95,62 @@ def test_the_keys_of_the_tag_tables_are_checked(admin_conn: psycopg.Connection) 
         ("task_tags_pkey", "user_id"),
     ]
     assert existence_leaks(admin_conn) == []
+
+
+def test_the_keys_of_the_conversation_tables_are_checked(admin_conn: psycopg.Connection) -> None:
+    """Each unique index of conversations and messages leads with user_id, and the
+    foreign key of a message to its conversation pairs it."""
+    rows = admin_conn.execute(
+        """
+        select conrelid::regclass::text, conname, contype,
+               array(select attname from unnest(conkey) k join pg_attribute a
+                     on a.attrelid = conrelid and a.attnum = k order by attname),
+               confrelid::regclass::text
+        from pg_constraint where conrelid in ('conversations'::regclass, 'messages'::regclass)
+          and contype in ('p', 'u', 'f')
+        order by 1, 2
+        """
+    ).fetchall()
+    assert rows == [
+        ("conversations", "conversations_pkey", "p", ["id", "user_id"], "-"),
+        ("messages", "messages_conversation_fkey", "f", ["conversation_id", "user_id"], "conversations"),
+        ("messages", "messages_pkey", "p", ["id", "user_id"], "-"),
+    ]
+    unique = admin_conn.execute(
+        """
+        select x.indexrelid::regclass::text, a.attname from pg_index x
+        join pg_attribute a on a.attrelid = x.indrelid and a.attnum = x.indkey[0]
+        where x.indisunique and x.indrelid in ('conversations'::regclass, 'messages'::regclass)
+        order by 1
+        """
+    ).fetchall()
+    assert unique == [("conversations_pkey", "user_id"), ("messages_pkey", "user_id")]
+    assert existence_leaks(admin_conn) == []
+
+
+async def test_another_users_conversation_is_not_found_as_a_missing_one_is(
+    sessions: UserSessions, admin_conn: psycopg.Connection
+) -> None:
+    """Every statement on a conversation answers the same NotFound for bob's and for one
+    that does not exist; a message is never sent to the foreign key to find out."""
+    async with sessions.connection("bob") as connection:
+        bobs = await conversations.start_conversation(connection, "bob", "bob's")
+    for conversation in (bobs, 2**62):
+        async with sessions.connection("alice") as connection:
+            answers = []
+            for statement in (
+                conversations.touch_conversation(connection, "alice", conversation),
+                conversations.add_message(connection, "alice", conversation, "user", "x"),
+                conversations.list_messages(connection, "alice", conversation, 10, 0),
+                conversations.delete_conversation(connection, "alice", conversation),
+            ):
+                with pytest.raises(NotFound) as exc:
+                    await statement
+                answers.append(exc.value.detail)
+            assert answers == [conversations.CONVERSATION_NOT_FOUND] * 4
+            # The transaction is still good: no statement failed in PostgreSQL.
+            assert await connection.fetchval("select count(*) from public.messages") == 0
+    assert admin_conn.execute("select count(*) from conversations").fetchone() == (1,)
 
 
 async def test_the_runtime_role_cannot_choose_an_id_to_probe_with(sessions: UserSessions) -> None:

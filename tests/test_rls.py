@@ -9,6 +9,7 @@ import asyncpg
 import httpx
 import psycopg
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -16,7 +17,8 @@ from sqlalchemy.util import greenlet_spawn
 
 from app.config import Settings
 from app.database import create_engine
-from app.models import Tag, Task, TaskTag
+from app.errors import NotFound
+from app.models import Conversation, Message, Tag, Task, TaskTag
 from app.session import UserSessions
 from tests.conftest import TEST_CONTEXT_KEY, DbUrls
 from tests.tokens import auth
@@ -471,6 +473,296 @@ async def test_a_task_cannot_name_another_users_task_as_its_next_occurrence(
     assert admin_conn.execute("select count(*) from tasks where next_task_id is not null").fetchone() == (0,)
 
 
+# --- the conversation tables: the same matrix for conversations and messages -----------
+
+CHATS = {
+    "alice": {"plans": [("user", "hi"), ("assistant", "hello")], "ideas": [("user", "idea")]},
+    "bob": {"bob chat": [("user", "yo")]},
+}
+CALLS = [{"id": "call_1", "type": "function", "function": {"name": "list_tasks", "arguments": "{}"}}]
+
+
+async def seed_conversations(sessions: UserSessions) -> dict[str, dict[str, int]]:
+    """alice: conversations plans (hi, hello) and ideas (idea); bob: bob chat (yo); each
+    written under its owner's context. Answers {user: {title: id}}."""
+    made: dict[str, dict[str, int]] = {}
+    for user, chats in CHATS.items():
+        made[user] = {}
+        async with sessions.transaction(user) as session:
+            for title, messages in chats.items():
+                conversation = await session.scalar(
+                    insert(Conversation).values(user_id=user, title=title).returning(Conversation.id)
+                )
+                assert conversation is not None
+                made[user][title] = conversation
+                await session.execute(
+                    insert(Message),
+                    [
+                        {
+                            "user_id": user,
+                            "conversation_id": conversation,
+                            "role": role,
+                            "content": content,
+                            "tool_calls": CALLS if role == "assistant" else None,
+                        }
+                        for role, content in messages
+                    ],
+                )
+    return made
+
+
+# As the superuser reads them. A message is shown with the title of the conversation its
+# conversation_id names, whoever that belongs to.
+ROWS_OF["conversations"] = "select user_id, title from conversations order by 1, 2"
+ROWS_OF["messages"] = (
+    "select m.user_id, coalesce(c.title, '?') || ':' || m.content from messages m"
+    " left join conversations c on c.id = m.conversation_id order by 1, 2"
+)
+SEEDED["conversations"] = [("alice", "ideas"), ("alice", "plans"), ("bob", "bob chat")]
+SEEDED["messages"] = [
+    ("alice", "ideas:idea"),
+    ("alice", "plans:hello"),
+    ("alice", "plans:hi"),
+    ("bob", "bob chat:yo"),
+]
+ChatTable = type[Conversation] | type[Message]
+# Messages first: deleting conversations takes messages with them.
+CHAT_TABLES: list[ChatTable] = [Message, Conversation]
+
+
+def chat_rows(admin_conn: psycopg.Connection, model: ChatTable) -> list[tuple[str, str]]:
+    return [tuple(row) for row in admin_conn.execute(ROWS_OF[model.__tablename__]).fetchall()]  # type: ignore[misc]
+
+
+def all_chat_rows_are_as_seeded(admin_conn: psycopg.Connection) -> bool:
+    return all(chat_rows(admin_conn, model) == SEEDED[model.__tablename__] for model in CHAT_TABLES)
+
+
+def new_chat_row(model: ChatTable, user: str, made: dict[str, dict[str, int]]) -> dict[str, object]:
+    """A row of `user`'s that seed_conversations did not write: a new conversation, or a
+    new message in their own first conversation (alice: plans, bob: bob chat)."""
+    if model is Conversation:
+        return {"user_id": user, "title": "new"}
+    return {"user_id": user, "conversation_id": conversation_of(made, user), "role": "user", "content": "new"}
+
+
+def conversation_of(made: dict[str, dict[str, int]], user: str) -> int:
+    return next(iter(made[user].values()))
+
+
+async def test_unfiltered_selects_of_the_conversation_tables_return_only_the_current_users_rows(
+    sessions: UserSessions, admin_conn: psycopg.Connection
+) -> None:
+    made = await seed_conversations(sessions)
+    assert all_chat_rows_are_as_seeded(admin_conn)
+    for model in CHAT_TABLES:
+        for user in ("alice", "bob"):
+            async with sessions.transaction(user) as session:
+                rows = (await session.scalars(select(model))).all()
+                count = await session.scalar(select(func.count()).select_from(model))
+                # Named by the other user's conversation ids: nothing.
+                other = made["bob" if user == "alice" else "alice"].values()
+                column = Conversation.id if model is Conversation else Message.conversation_id
+                assert (await session.scalars(select(model).where(column.in_(other)))).all() == []
+            expected = [row for row in SEEDED[model.__tablename__] if row[0] == user]
+            assert {row.user_id for row in rows} == {user}, model
+            assert len(rows) == count == len(expected), model
+        # With no user, or an empty one: nothing.
+        for context in (None, ""):
+            async with sessions.anonymous() as session:
+                if context is not None:
+                    await session.execute(text("select set_config('app.user_id', :v, true)"), {"v": context})
+                assert (await session.scalars(select(model))).all() == [], (model, context)
+
+
+async def test_an_insert_into_the_conversation_tables_for_another_user_or_none_is_a_policy_violation(
+    sessions: UserSessions, admin_conn: psycopg.Connection
+) -> None:
+    made = await seed_conversations(sessions)
+    for model in CHAT_TABLES:
+        # For messages, a message in bob's own conversation: only its user_id makes it bob's.
+        with pytest.raises(DBAPIError) as exc:
+            async with sessions.transaction("alice") as session:
+                await session.execute(insert(model).values(new_chat_row(model, "bob", made)))
+        assert_rls_violation(exc)
+        with pytest.raises(DBAPIError) as exc:
+            async with sessions.anonymous() as session:
+                await session.execute(insert(model).values(new_chat_row(model, "alice", made)))
+        assert_rls_violation(exc)
+    assert all_chat_rows_are_as_seeded(admin_conn)
+    # The control: alice's own rows go in.
+    async with sessions.transaction("alice") as session:
+        for model in CHAT_TABLES:
+            await session.execute(insert(model).values(new_chat_row(model, "alice", made)))
+    assert chat_rows(admin_conn, Conversation) == sorted([*SEEDED["conversations"], ("alice", "new")])
+    assert chat_rows(admin_conn, Message) == sorted([*SEEDED["messages"], ("alice", "plans:new")])
+
+
+async def test_unfiltered_updates_of_the_conversation_tables_touch_only_the_current_users_rows(
+    sessions: UserSessions, admin_conn: psycopg.Connection
+) -> None:
+    made = await seed_conversations(sessions)
+    bobs = made["bob"]["bob chat"]
+    # bob's rows by their ids, as another user and as no one: nothing.
+    for acting in (sessions.transaction("alice"), sessions.anonymous()):
+        async with acting as session:
+            renamed = await session.execute(
+                update(Conversation).where(Conversation.id == bobs).values(title="x")
+            )
+            failed = await session.execute(
+                update(Message).where(Message.conversation_id == bobs).values(failure="provider_error")
+            )
+        assert renamed.rowcount == failed.rowcount == 0  # type: ignore[attr-defined]
+    assert all_chat_rows_are_as_seeded(admin_conn)
+
+    async with sessions.transaction("alice") as session:
+        renamed = await session.execute(update(Conversation).values(title=func.upper(Conversation.title)))
+        failed = await session.execute(
+            update(Message).where(Message.role == "user").values(failure="provider_error")
+        )
+    assert renamed.rowcount == 2  # type: ignore[attr-defined]
+    assert failed.rowcount == 2  # type: ignore[attr-defined]
+    assert chat_rows(admin_conn, Conversation) == [
+        ("alice", "IDEAS"),
+        ("alice", "PLANS"),
+        ("bob", "bob chat"),
+    ]
+    failures = "select user_id, content, failure from messages where role = 'user' order by 1, 2"
+    assert admin_conn.execute(failures).fetchall() == [
+        ("alice", "hi", "provider_error"),
+        ("alice", "idea", "provider_error"),
+        ("bob", "yo", None),
+    ]
+
+
+async def test_an_update_that_gives_a_conversation_or_message_away_is_refused_by_grant_and_by_policy(
+    sessions: UserSessions, admin_conn: psycopg.Connection
+) -> None:
+    await seed_conversations(sessions)
+    for model in CHAT_TABLES:
+        # No grant on user_id; then, with the grant lifted in this test's database, the
+        # update policy's WITH CHECK.
+        for grant in (None, f"grant update (user_id) on {model.__tablename__} to todo_app"):
+            if grant:
+                admin_conn.execute(grant)
+            with pytest.raises(DBAPIError) as exc:
+                async with sessions.transaction("alice") as session:
+                    await session.execute(update(model).values(user_id="bob"))
+            assert getattr(exc.value.orig, "sqlstate", None) == "42501", (model, grant)
+            if grant:
+                assert_rls_violation(exc)
+    assert all_chat_rows_are_as_seeded(admin_conn)
+
+
+async def test_a_message_is_written_once_and_only_its_failure_changes(
+    sessions: UserSessions, admin_conn: psycopg.Connection
+) -> None:
+    made = await seed_conversations(sessions)
+    for values in (
+        {"content": "rewritten"},
+        {"role": "assistant"},
+        {"conversation_id": made["alice"]["ideas"]},
+    ):
+        with pytest.raises(DBAPIError) as exc:
+            async with sessions.transaction("alice") as session:
+                await session.execute(update(Message).where(Message.content == "hi").values(**values))
+        assert getattr(exc.value.orig, "sqlstate", None) == "42501", values
+        assert "permission denied" in str(exc.value.orig)
+    assert all_chat_rows_are_as_seeded(admin_conn)
+
+
+async def test_unfiltered_deletes_from_the_conversation_tables_remove_only_the_current_users_rows(
+    sessions: UserSessions, admin_conn: psycopg.Connection
+) -> None:
+    await seed_conversations(sessions)
+    for model in CHAT_TABLES:
+        async with sessions.anonymous() as session:
+            nothing = await session.execute(delete(model))
+        assert nothing.rowcount == 0  # type: ignore[attr-defined]
+    assert all_chat_rows_are_as_seeded(admin_conn)
+    # alice's messages, then her conversations.
+    for model in CHAT_TABLES:
+        async with sessions.transaction("alice") as session:
+            result = await session.execute(delete(model))
+        seeded = SEEDED[model.__tablename__]
+        assert result.rowcount == len([row for row in seeded if row[0] == "alice"])  # type: ignore[attr-defined]
+        assert chat_rows(admin_conn, model) == [row for row in seeded if row[0] == "bob"]
+    assert chat_rows(admin_conn, Message) == [("bob", "bob chat:yo")]
+
+
+async def test_deleting_a_conversation_takes_its_messages_and_no_one_elses(
+    sessions: UserSessions, admin_conn: psycopg.Connection
+) -> None:
+    made = await seed_conversations(sessions)
+    async with sessions.transaction("alice") as session:
+        await session.execute(delete(Conversation).where(Conversation.id == made["alice"]["plans"]))
+    assert chat_rows(admin_conn, Message) == [("alice", "ideas:idea"), ("bob", "bob chat:yo")]
+    async with sessions.transaction("alice") as session:
+        result = await session.execute(delete(Conversation))
+    assert result.rowcount == 1  # type: ignore[attr-defined]
+    assert chat_rows(admin_conn, Message) == [("bob", "bob chat:yo")]
+
+
+# --- the keys: no message in another user's conversation, whatever role writes it --------
+
+# (user_id, whose conversation): messages naming a conversation of another user.
+CROSS_MESSAGES = [("alice", "bob"), ("bob", "alice")]
+
+
+async def test_a_message_in_another_users_conversation_is_refused_by_the_key_even_where_rls_does_not_hold(
+    sessions: UserSessions, admin_conn: psycopg.Connection, db_url: DbUrls
+) -> None:
+    """No message of one user can be in another user's conversation: its foreign key
+    carries user_id. Shown where row-level security stops nothing: as the superuser, and
+    as the owner with FORCE switched off (in a transaction rolled back)."""
+    made = await seed_conversations(sessions)
+    insert_message = (
+        "insert into messages (user_id, conversation_id, role, content) values (%s, %s, 'user', 'x')"
+    )
+    for url in (db_url.owner, db_url.admin):
+        with psycopg.connect(url) as conn:
+            if url == db_url.owner:
+                conn.execute("alter table messages no force row level security")
+            # The control: a message of alice's in her own conversation goes in.
+            conn.execute(insert_message, ("alice", conversation_of(made, "alice")))
+            for user, owner in CROSS_MESSAGES:
+                with pytest.raises(psycopg.errors.ForeignKeyViolation) as exc, conn.transaction():
+                    conn.execute(insert_message, (user, conversation_of(made, owner)))
+                assert exc.value.diag.constraint_name == "messages_conversation_fkey", (url, user, owner)
+                # Nor can a message be moved into one.
+                with pytest.raises(psycopg.errors.ForeignKeyViolation), conn.transaction():
+                    conn.execute(
+                        "update messages set conversation_id = %s where user_id = %s",
+                        (conversation_of(made, owner), user),
+                    )
+            conn.rollback()
+    assert all_chat_rows_are_as_seeded(admin_conn)
+    forced = "select relforcerowsecurity from pg_class where oid = 'messages'::regclass"
+    assert admin_conn.execute(forced).fetchone() == (True,)
+
+
+async def test_a_message_in_another_users_conversation_is_refused_to_the_runtime_role(
+    sessions: UserSessions, admin_conn: psycopg.Connection
+) -> None:
+    """As alice, with the id of bob's conversation in hand: a message in alice's name fails
+    its foreign key (which the API answers as a 404), one in bob's name the insert policy."""
+    made = await seed_conversations(sessions)
+    for user, owner in CROSS_MESSAGES:
+        with pytest.raises(DBAPIError) as exc:
+            async with sessions.transaction("alice") as session:
+                await session.execute(
+                    insert(Message).values(
+                        user_id=user, conversation_id=conversation_of(made, owner), role="user", content="x"
+                    )
+                )
+        if user == "alice":
+            assert getattr(exc.value.orig, "sqlstate", None) == "23503"
+            assert "messages_conversation_fkey" in str(exc.value.orig)
+        else:
+            assert_rls_violation(exc)
+    assert all_chat_rows_are_as_seeded(admin_conn)
+
+
 # --- pooled connections -------------------------------------------------------------
 
 
@@ -556,7 +848,8 @@ async def test_a_connection_interrupted_mid_statement_is_closed_not_reused(setti
 
 async def test_the_owner_role_is_held_to_rls_too(db_url: DbUrls, sessions: UserSessions) -> None:
     await seed_tags(sessions)
-    for table in ("tasks", "tags", "task_tags"):
+    await seed_conversations(sessions)
+    for table in ("tasks", "tags", "task_tags", "conversations", "messages"):
         with psycopg.connect(db_url.owner) as conn:
             assert conn.execute(f"select count(*) from {table}").fetchone() == (0,), table
             conn.execute("select set_config('app.user_id', 'alice', true)")
@@ -572,8 +865,11 @@ OWNER_FILTERED = re.compile(r"user_id\s*=\s*\$1\b")
 
 
 def route_statements() -> list[str]:
-    """Every statement of the task and tag routes, built with the modules' OWNER_FILTER
-    as it stands, the list with every optional filter at once."""
+    """Every statement of the task, tag and conversation routes (and of the chat's
+    statements), built with the modules' OWNER_FILTER as it stands, the list with every
+    optional filter at once. Not the inserts of a new task or conversation, which read
+    nothing: the insert policy alone decides whose row they may write."""
+    import app.service.conversations as conversations
     import app.service.tags as tags
     import app.service.tasks as tasks
 
@@ -602,13 +898,22 @@ def route_statements() -> list[str]:
         tags._merge_sql(),
         tags._answer_sql(),
         tags._delete_sql(),
+        conversations._touch_sql(),
+        conversations._add_sql(),
+        conversations._mark_failed_sql(),
+        conversations._history_sql(),
+        conversations._list_sql(),
+        conversations._messages_sql(),
+        conversations._delete_sql(),
     ]
 
 
 @pytest.fixture
 def without_owner_filters(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The task and tag routes with their explicit owner filters swapped for one that
-    passes every row (it still names $1, the caller, as every statement binds it)."""
+    """The task, tag and conversation statements with their explicit owner filters
+    swapped for one that passes every row (it still names $1, the caller, as every
+    statement binds it)."""
+    import app.service.conversations as conversations
     import app.service.tags as tags
     import app.service.tasks as tasks
 
@@ -616,6 +921,7 @@ def without_owner_filters(monkeypatch: pytest.MonkeyPatch) -> None:
     passes_all = "$1::text is not null"
     monkeypatch.setattr(tasks, "OWNER_FILTER", passes_all)
     monkeypatch.setattr(tags, "OWNER_FILTER", passes_all)
+    monkeypatch.setattr(conversations, "OWNER_FILTER", passes_all)
     unfiltered = route_statements()
     assert not any(OWNER_FILTERED.search(statement) for statement in unfiltered), unfiltered
 
@@ -696,6 +1002,57 @@ async def test_tag_routes_the_tag_filter_and_search_stay_isolated_without_their_
 
     # Not a row of bob's changed: his tags, their counts, his tasks and their updated_at.
     assert await bobs_view() == before
+
+
+def bobs_chat(admin_conn: psycopg.Connection) -> list[tuple[str]]:
+    """bob's conversations and messages as the superuser reads them."""
+    return admin_conn.execute(
+        "select row_to_json(c)::text from conversations c where c.user_id = 'bob'"
+        " union all select row_to_json(m)::text from messages m where m.user_id = 'bob' order by 1"
+    ).fetchall()
+
+
+@pytest.mark.usefixtures("without_owner_filters")
+async def test_conversation_routes_and_statements_stay_isolated_without_their_explicit_filters(
+    app: FastAPI, client: httpx.AsyncClient, admin_conn: psycopg.Connection
+) -> None:
+    import app.service.conversations as conversations
+
+    sessions: UserSessions = app.state.user_sessions
+    made: dict[str, int] = {}
+    for user in ("bob", "alice"):
+        async with sessions.connection(user) as connection:
+            made[user] = await conversations.start_conversation(connection, user, f"{user}'s chat")
+            await conversations.add_message(connection, user, made[user], "user", f"{user} asks")
+            await conversations.add_message(connection, user, made[user], "assistant", "answer", CALLS)
+    before = bobs_chat(admin_conn)
+    bobs_message = next(row[0] for row in admin_conn.execute("select id from messages where user_id = 'bob'"))
+
+    alice = auth("alice")
+    listed = await client.get("/api/alice/conversations", headers=alice)
+    assert ([c["title"] for c in listed.json()], listed.headers["X-Total-Count"]) == (["alice's chat"], "1")
+    messages = await client.get(f"/api/alice/conversations/{made['alice']}/messages", headers=alice)
+    assert [m["content"] for m in messages.json()] == ["alice asks", "answer"]
+    assert messages.headers["X-Total-Count"] == "2"
+    for method, path in (("GET", "/{}/messages"), ("DELETE", "/{}")):
+        url = f"/api/alice/conversations{path.format(made['bob'])}"
+        response = await client.request(method, url, headers=alice)
+        assert (response.status_code, response.json()) == (404, {"detail": "Conversation not found"})
+
+    async with sessions.connection("alice") as connection:
+        assert await conversations.history(connection, "alice", made["bob"], 10) == []
+        own = await conversations.history(connection, "alice", made["alice"], 10)
+        assert [m.content for m in own] == ["alice asks", "answer"]
+        with pytest.raises(NotFound):
+            await conversations.touch_conversation(connection, "alice", made["bob"])
+        with pytest.raises(NotFound):
+            await conversations.add_message(connection, "alice", made["bob"], "user", "pwned")
+        with pytest.raises(NotFound):
+            await conversations.mark_failed(connection, "alice", bobs_message, "provider_error")
+        with pytest.raises(NotFound):
+            await conversations.delete_conversation(connection, "alice", made["bob"])
+    # Not a row of bob's changed, not even when his conversation was last active.
+    assert bobs_chat(admin_conn) == before
 
 
 async def test_engine_fixture_connects_as_the_runtime_role(engine: AsyncEngine) -> None:

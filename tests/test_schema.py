@@ -106,22 +106,21 @@ COLUMN_WRITES = {
 }
 
 
-@pytest.mark.parametrize("table", sorted(COLUMN_WRITES))
-def test_the_conversation_tables_are_guarded_as_tasks_are(admin_conn: psycopg.Connection, table: str) -> None:
-    state = live_state(admin_conn)[table]
-    assert state["rls_enabled"] and state["rls_forced"]
-    assert [(policy["name"], policy["command"]) for policy in state["policies"]] == [
-        (f"{table}_delete_own", "DELETE"),
-        (f"{table}_insert_own", "INSERT"),
-        (f"{table}_select_own", "SELECT"),
-        (f"{table}_update_own", "UPDATE"),
-    ]
-    assert state["runtime_grants"] == ["DELETE", "INSERT", "SELECT", "UPDATE"]
-    writes = [
-        grant for grant in state["runtime_column_grants"] if not grant.startswith(("SELECT", "REFERENCES"))
-    ]
-    assert writes == COLUMN_WRITES[table]
-    assert policy_files()[table] == f"policies/{table}.sql"
+def test_the_conversation_tables_are_guarded_as_tasks_are(admin_conn: psycopg.Connection) -> None:
+    live = live_state(admin_conn)
+    for table, writes in COLUMN_WRITES.items():
+        state = live[table]
+        assert state["rls_enabled"] and state["rls_forced"], table
+        assert [(policy["name"], policy["command"]) for policy in state["policies"]] == [
+            (f"{table}_delete_own", "DELETE"),
+            (f"{table}_insert_own", "INSERT"),
+            (f"{table}_select_own", "SELECT"),
+            (f"{table}_update_own", "UPDATE"),
+        ]
+        assert state["runtime_grants"] == ["DELETE", "INSERT", "SELECT", "UPDATE"], table
+        granted = state["runtime_column_grants"]
+        assert [grant for grant in granted if not grant.startswith(("SELECT", "REFERENCES"))] == writes
+        assert policy_files()[table] == f"policies/{table}.sql"
 
 
 def test_free_text_keeps_no_planner_statistics(admin_conn: psycopg.Connection) -> None:

@@ -10,7 +10,9 @@ lists are written as JSON text by PostgreSQL, in the shapes of ConversationPubli
 MessagePublic, timestamps in UTC as the tasks' are.
 
 tool_calls is jsonb. Statements take it as JSON text ($n::text::jsonb) and give it back
-as text (tool_calls::text), whatever codec the connection has for jsonb.
+as text (tool_calls::text), whatever codec the connection has for jsonb. In the lists,
+row_to_json writes it as jsonb prints it: the same JSON values as FastAPI would write,
+but with jsonb's spacing and key order (shorter keys first), not byte for byte.
 """
 
 import json

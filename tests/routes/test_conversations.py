@@ -206,14 +206,6 @@ async def test_conversations_are_listed_most_recently_active_first_in_pages(
     assert [c["id"] for c in listed][:2] == made[::-1]
 
 
-async def test_bad_list_parameters_are_422(client: httpx.AsyncClient) -> None:
-    for params in ({"limit": 0}, {"limit": 101}, {"offset": -1}, {"offset": 2**31}, {"limit": "x"}):
-        for path in ("/api/alice/conversations", f"/api/alice/conversations/{MISSING_ID}/messages"):
-            response = await client.get(path, params=params, headers=ALICE)
-            assert response.status_code == 422, (path, params)
-            assert response.json()["detail"][0]["loc"] == ["query", next(iter(params))]
-
-
 # --- GET /conversations/{id}/messages ----------------------------------------------------
 
 
@@ -285,12 +277,17 @@ ID_ROUTES = [("GET", "/api/alice/conversations/{}/messages"), ("DELETE", "/api/a
 ROUTES = [("GET", "/api/alice/conversations"), *ID_ROUTES]
 
 
-async def test_a_bad_conversation_id_is_422(client: httpx.AsyncClient) -> None:
+async def test_a_bad_conversation_id_or_list_parameter_is_422(client: httpx.AsyncClient) -> None:
     for conversation_id in ("abc", "0", "-1", "1.5", "1e3", str(2**63), "%00"):
         for method, path in ID_ROUTES:
             response = await client.request(method, path.format(conversation_id), headers=ALICE)
             assert response.status_code == 422, (method, path, conversation_id)
             assert response.json()["detail"][0]["loc"] == ["path", "conversation_id"]
+    for params in ({"limit": 0}, {"limit": 101}, {"offset": -1}, {"offset": 2**31}, {"limit": "x"}):
+        for path in ("/api/alice/conversations", f"/api/alice/conversations/{MISSING_ID}/messages"):
+            response = await client.get(path, params=params, headers=ALICE)
+            assert response.status_code == 422, (path, params)
+            assert response.json()["detail"][0]["loc"] == ["query", next(iter(params))]
 
 
 async def test_no_token_is_401_and_another_users_path_is_403(client: httpx.AsyncClient) -> None:
