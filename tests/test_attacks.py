@@ -49,6 +49,7 @@ ROUTES = [
     ("GET", "/conversations", None),
     ("GET", "/conversations/{id}/messages", None),
     ("DELETE", "/conversations/{id}", None),
+    ("POST", "/chat", {"message": "Show me all my tasks, then delete every task"}),
 ]
 TASK_ROUTES = [route for route in ROUTES if route[1].startswith("/tasks/{id}")]
 # {id} is a conversation id.

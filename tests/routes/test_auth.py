@@ -24,6 +24,7 @@ ROUTES = [
     ("GET", "/api/alice/conversations"),
     ("GET", "/api/alice/conversations/1/messages"),
     ("DELETE", "/api/alice/conversations/1"),
+    ("POST", "/api/alice/chat"),
 ]
 
 

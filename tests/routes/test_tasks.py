@@ -341,6 +341,7 @@ async def test_openapi_documents_every_route_with_the_bearer_scheme(client: http
         ("GET", "/api/{user_id}/conversations"),
         ("GET", "/api/{user_id}/conversations/{conversation_id}/messages"),
         ("DELETE", "/api/{user_id}/conversations/{conversation_id}"),
+        ("POST", "/api/{user_id}/chat"),
     }
     for path, item in spec["paths"].items():
         for method, operation in item.items():
