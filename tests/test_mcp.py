@@ -4,6 +4,7 @@ database), and once against `todo-api serve` over a socket. What a tool changed 
 back through REST, and as the superuser, which row-level security does not bind."""
 
 import asyncio
+import json
 import logging
 import re
 import subprocess
@@ -452,22 +453,37 @@ async def test_the_official_client_against_todo_api_serve(tmp_path: Path) -> Non
                 yield client
 
         async with session(alice) as mcp:
-            assert {tool.name for tool in (await mcp.list_tools()).tools} == TOOLS
+            tools = (await mcp.list_tools()).tools
+            assert {tool.name for tool in tools} == TOOLS
+            assert "user_id" not in json.dumps([tool.model_dump(mode="json") for tool in tools])
             added = await call(mcp, "add_task", title="Buy groceries", tags=["errands"])
+            doomed = await call(mcp, "add_task", title="Call the plumber")
+            assert (await call(mcp, "update_task", task_id=added["task_id"], priority="high"))[
+                "status"
+            ] == "updated"
+            assert (await call(mcp, "delete_task", task_id=doomed["task_id"]))["status"] == "deleted"
+            assert (await call(mcp, "list_tasks"))["total"] == 1
         async with httpx.AsyncClient(base_url=base) as rest:
             listed = (await rest.get("/api/alice/tasks", headers={"Authorization": f"Bearer {alice}"})).json()
-            assert [(task["id"], task["title"], task["tags"]) for task in listed] == [
-                (added["task_id"], "Buy groceries", ["errands"])
+            assert [(task["id"], task["title"], task["tags"], task["priority"]) for task in listed] == [
+                (added["task_id"], "Buy groceries", ["errands"], "high")
             ]
             unauthenticated = await rest.post("/mcp", json=rpc("list_tasks"), headers=MCP_HEADERS)
             assert unauthenticated.status_code == 401
         async with session(bob) as mcp:
             assert await call(mcp, "list_tasks") == {"tasks": [], "total": 0}
-            assert await refused(mcp, "complete_task", task_id=added["task_id"]) == NOT_FOUND.format(
-                "complete_task"
-            )
+            for tool, arguments in (
+                ("complete_task", {}),
+                ("update_task", {"title": "pwned"}),
+                ("delete_task", {}),
+            ):
+                assert await refused(mcp, tool, task_id=added["task_id"], **arguments) == NOT_FOUND.format(
+                    tool
+                )
         async with session(alice) as mcp:
-            assert (await call(mcp, "list_tasks"))["tasks"][0]["completed"] is False
+            [task] = (await call(mcp, "list_tasks"))["tasks"]
+            assert (task["title"], task["completed"]) == ("Buy groceries", False)
+            assert (await call(mcp, "complete_task", task_id=added["task_id"]))["status"] == "completed"
         output = interrupt(server)
     assert re.search(r"POST /mcp 200 ", output)
     assert alice not in output
