@@ -9,7 +9,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from tests.live_server import LiveService, live_service
 from tests.tokens import make_token
 
-EXAMPLES_PER_OPERATION = 25
+EXAMPLES_PER_OPERATION = 15
 SEEDED_TASKS = 20
 
 # Limits off: a fuzzer from one address would soon be answered 429 only.
