@@ -99,7 +99,9 @@ class Secrets:
 def service_settings(db: BenchDatabase, keys: Secrets, database_url: str) -> Settings:
     """The service's configuration for the run, as the environment gives it to uvicorn:
     what the caller's environment sets (DB_POOL_SIZE, say), then the run's database and
-    secrets, and no rate limits, which would measure the limiter instead."""
+    secrets, no rate limits, which would measure the limiter instead, and the chat on
+    the offline assistant (no CHAT_MODEL, no tracing): the chat scenario measures the
+    service's own path, not a model provider."""
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
         database_url=database_url,
@@ -108,6 +110,9 @@ def service_settings(db: BenchDatabase, keys: Secrets, database_url: str) -> Set
         rls_context_key=SecretStr(keys.context_key),
         rate_limit_requests="",
         rate_limit_writes="",
+        rate_limit_chat="",
+        chat_model=None,
+        chat_tracing=False,
         # The names the benchmark reaches the service by: wrk, and the capture's base_url.
         allowed_hosts=["127.0.0.1", "bench"],
     )
@@ -124,6 +129,10 @@ def service_environment(
             "RLS_CONTEXT_KEY": keys.context_key,
             "RATE_LIMIT_REQUESTS": "",
             "RATE_LIMIT_WRITES": "",
+            "RATE_LIMIT_CHAT": "",
+            # Unset is the offline assistant; and no traces sent anywhere.
+            "CHAT_MODEL": "",
+            "CHAT_TRACING": "false",
             "ALLOWED_HOSTS": "127.0.0.1",
             "DATA_DIR": str(data_dir),
         }
