@@ -278,9 +278,11 @@ def seed(admin_url: str, first_user: int, last_user: int, per_user: int, advance
 
 def restore(admin_url: str, seeded_rows: int) -> None:
     """Back to the seeded rows: delete what the write scenarios created (their ids come
-    after the seeded ones), so that the next size's seeding can give its ids."""
+    after the seeded ones), so that the next size's seeding can give its ids, and the
+    chat's conversations (the seed has none)."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute("delete from tasks where id > %s", (seeded_rows,))
+        conn.execute("truncate public.messages, public.conversations restart identity")
         conn.execute("select setval(pg_get_serial_sequence('tasks', 'id'), (select max(id) from tasks))")
         conn.execute("vacuum analyze tasks")
 

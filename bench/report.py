@@ -278,10 +278,10 @@ def to_markdown(report: Report, chart: str | None) -> str:
         "| worker RSS peak / mean MB | connections per worker | other CPU % |",
         "|---|---|---:|---|---:|---:|---:|---:|---|---:|",
     ]
-    listed = ("list", "get", "search", "tag", "due", "create", "toggle", "mix", "whoami")
+    listed = ("list", "get", "search", "tag", "due", "create", "toggle", "mix", "chat", "whoami")
     order = {name: i for i, name in enumerate(listed)}
     for m in sorted(
-        report.measurements, key=lambda m: (order.get(m.scenario, 9), list(TARGETS).index(m.target))
+        report.measurements, key=lambda m: (order.get(m.scenario, len(listed)), list(TARGETS).index(m.target))
     ):
         memory = "-" if m.memory_peak_mb is None else f"{m.memory_peak_mb:.0f} / {m.memory_mean_mb:.0f}"
         spread = " + ".join(map(str, m.connections_per_worker)) if m.connections_per_worker else "-"

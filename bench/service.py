@@ -24,6 +24,30 @@ STOP_TIMEOUT = 15.0
 STARTED = "Application startup complete."
 # Inherited variables that would change how uvicorn runs behind the benchmark's back.
 _UVICORN_VARIABLES = ("UVICORN_", "WEB_CONCURRENCY")
+# The service's workers count as idle below this share of one core.
+IDLE_CPU = 0.05
+
+
+def _cpu_of(processes: list[psutil.Process]) -> float:
+    """User and system CPU seconds of the processes, and of their children that ended."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def tree_cpu_seconds(root: int) -> float | None:
+    """CPU seconds a process and its descendants have used, those that ended included (in
+    their parent's children times); None if the process is gone."""
+    try:
+        top = psutil.Process(root)
+        return _cpu_of([top, *top.children(recursive=True)])
+    except psutil.Error:
+        return None
 
 
 def free_port() -> int:
@@ -70,23 +94,43 @@ class RunningService:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_idle(self, timeout: float = 30.0, interval: float = 0.2) -> bool:
+        """Waits until the workers are idle (under IDLE_CPU of a core for `interval` s):
+        the requests a stopped load generator left in flight are answered. A chat's run
+        goes on after its client has left, and would otherwise take its CPU from the next
+        measurement."""
+        deadline = time.monotonic() + timeout
+        workers = self.worker_processes()
+        last = _cpu_of(workers)
+        while time.monotonic() < deadline:
+            time.sleep(interval)
+            now = _cpu_of(workers)
+            if now - last < IDLE_CPU * interval:
+                return True
+            last = now
+        return False
+
     def connections_per_worker(self) -> list[int]:
         """Established client connections each worker holds now."""
+        return [len(ports) for ports in self.client_ports_per_worker()]
+
+    def client_ports_per_worker(self) -> list[set[int]]:
+        """The client ports of the established connections each worker holds now."""
         port = int(self.base_url.rsplit(":", 1)[1])
-        counts = []
+        held_by = []
         for worker in self.worker_processes():
             try:
                 held = worker.net_connections(kind="tcp")
             except psutil.Error:
                 held = []
-            counts.append(
-                sum(
-                    1
+            held_by.append(
+                {
+                    c.raddr.port
                     for c in held
-                    if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
-                )
+                    if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port and c.raddr
+                }
             )
-        return counts
+        return held_by
 
 
 def _wait_until_serving(service: RunningService) -> None:
@@ -237,20 +281,7 @@ class CpuAccount:
         self.other_percent: float | None = None
 
     def _ours(self) -> float:
-        total = 0.0
-        for root in self._roots:
-            try:
-                processes = [psutil.Process(root)]
-                processes += processes[0].children(recursive=True)
-            except psutil.Error:
-                continue
-            for process in processes:
-                try:
-                    times = process.cpu_times()
-                except psutil.Error:
-                    continue
-                total += times.user + times.system + times.children_user + times.children_system
-        return total
+        return sum(tree_cpu_seconds(root) or 0.0 for root in self._roots)
 
     @staticmethod
     def _busy() -> float:
