@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from app import embedded
 from app.config import RUNTIME_ROLE
@@ -285,6 +286,26 @@ def restore(admin_url: str, seeded_rows: int) -> None:
         conn.execute("truncate public.messages, public.conversations restart identity")
         conn.execute("select setval(pg_get_serial_sequence('tasks', 'id'), (select max(id) from tasks))")
         conn.execute("vacuum analyze tasks")
+
+
+# The database the counts of the benchmark's are read from: reading them there adds
+# none of the reading's own transactions to them.
+STATS_DATABASE = "postgres"
+
+
+def committed_transactions(admin_url: str) -> int:
+    """The benchmark database's committed transactions so far (pg_stat_database.xact_commit),
+    read from the maintenance database. A backend publishes its count when it goes idle
+    at most once a second, and otherwise ten seconds after its last transaction or when
+    it exits."""
+    database = conninfo_to_dict(admin_url).get("dbname") or ""
+    with psycopg.connect(admin_url, dbname=STATS_DATABASE, autocommit=True) as conn:
+        row = conn.execute(
+            "select xact_commit from pg_stat_database where datname = %s", (database,)
+        ).fetchone()
+    if row is None:
+        raise RuntimeError(f"no statistics for database {database!r}")
+    return int(row[0])
 
 
 def table_rows(admin_url: str) -> int:

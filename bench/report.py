@@ -38,6 +38,41 @@ class Measurement:
     connections_per_worker: list[int] | None = None  # how wrk's connections fell on the workers
     other_cpu_percent: float | None = None  # of the machine's CPU, used by anything but the benchmark
     rounds_rps: list[float] | None = None  # each round's req/s, when combined from rounds
+    # What the load cost, from its start to the last request in flight answered
+    # (bench.service.RequestCost): requests the service answered, commits PostgreSQL
+    # counted in the database, CPU seconds of the service's processes and of PostgreSQL's.
+    served: int | None = None
+    commits: int | None = None
+    service_cpu_s: float | None = None
+    database_cpu_s: float | None = None
+
+    @property
+    def answered(self) -> int:
+        """The requests the cost is shared by: those the service answered, or (no access
+        log) those wrk counted."""
+        return self.served if self.served is not None else self.requests
+
+    @property
+    def commits_per_request(self) -> float | None:
+        if self.commits is None or not self.answered:
+            return None
+        return self.commits / self.answered
+
+    def cpu_us(self, seconds: float | None) -> float | None:
+        """CPU microseconds per request answered."""
+        return None if seconds is None or not self.answered else seconds / self.answered * 1e6
+
+    def per_request(self) -> dict[str, float | None]:
+        return {
+            "commits_per_request": self.commits_per_request,
+            "service_cpu_us_per_request": self.cpu_us(self.service_cpu_s),
+            "database_cpu_us_per_request": self.cpu_us(self.database_cpu_s),
+        }
+
+
+def _total(values: list[Any]) -> Any:
+    """The sum of the rounds' values, None if any round has none."""
+    return None if any(value is None for value in values) else sum(values)
 
 
 def combine(rounds: list[Measurement]) -> Measurement:
@@ -61,6 +96,10 @@ def combine(rounds: list[Measurement]) -> Measurement:
         memory_mean_mb=sum(means) / len(means) if means else None,
         other_cpu_percent=max(others) if others else None,
         rounds_rps=[round(m.rps, 1) for m in rounds],
+        served=_total([m.served for m in rounds]),
+        commits=_total([m.commits for m in rounds]),
+        service_cpu_s=_total([m.service_cpu_s for m in rounds]),
+        database_cpu_s=_total([m.database_cpu_s for m in rounds]),
     )
 
 
@@ -231,7 +270,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         return {
             "meta": self.meta,
-            "measurements": [asdict(m) for m in self.measurements],
+            "measurements": [{**asdict(m), **m.per_request()} for m in self.measurements],
             "ratios": self.ratios(),
             "targets": [asdict(t) for t in self.targets()],
             "growth": [
@@ -274,10 +313,18 @@ def to_markdown(report: Report, chart: str | None) -> str:
         "",
         "## Requests per second and latency",
         "",
+        "Per request (answered, in-flight ones included): the commits PostgreSQL counted in the "
+        "database (pg_stat_database.xact_commit; two per transaction of the service's, its "
+        "commit and the clean-up after it), and the CPU time of the service's processes and of "
+        "PostgreSQL's. The commits are approximate: PostgreSQL publishes each connection's count at "
+        "most once a second (bench/README.md).",
+        "",
         "| scenario | configuration | req/s | req/s of each round | p50 ms | p99 ms | errors "
-        "| worker RSS peak / mean MB | connections per worker | other CPU % |",
-        "|---|---|---:|---|---:|---:|---:|---:|---|---:|",
+        "| worker RSS peak / mean MB | connections per worker | other CPU % "
+        "| commits / request | service CPU µs / request | PostgreSQL CPU µs / request |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
+
     listed = ("list", "get", "search", "tag", "due", "create", "toggle", "mix", "chat", "whoami")
     order = {name: i for i, name in enumerate(listed)}
     for m in sorted(
@@ -286,9 +333,12 @@ def to_markdown(report: Report, chart: str | None) -> str:
         memory = "-" if m.memory_peak_mb is None else f"{m.memory_peak_mb:.0f} / {m.memory_mean_mb:.0f}"
         spread = " + ".join(map(str, m.connections_per_worker)) if m.connections_per_worker else "-"
         each = ", ".join(f"{rps:,.0f}" for rps in m.rounds_rps) if m.rounds_rps else "-"
+        cost = m.per_request()
         lines.append(
             f"| {m.scenario} | {TARGETS[m.target]} | {_num(m.rps, 0)} | {each} | {_num(m.p50_ms, 2)} | "
-            f"{_num(m.p99_ms, 2)} | {m.errors} | {memory} | {spread} | {_num(m.other_cpu_percent, 0)} |"
+            f"{_num(m.p99_ms, 2)} | {m.errors} | {memory} | {spread} | {_num(m.other_cpu_percent, 0)} | "
+            f"{_num(cost['commits_per_request'], 2)} | {_num(cost['service_cpu_us_per_request'], 0)} | "
+            f"{_num(cost['database_cpu_us_per_request'], 0)} |"
         )
     lines += [
         "",

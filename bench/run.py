@@ -38,6 +38,7 @@ from bench.report import GrowthPoint, Measurement, Report, combine
 from bench.service import (
     CpuAccount,
     MemorySampler,
+    RequestCost,
     RunningService,
     control_service,
     environment,
@@ -262,7 +263,11 @@ class Bench:
                 # Also opens every worker's database connections before the measurement.
                 run(seconds=self.options.warmup)
                 service.wait_idle()
-            with self.cpu_account() as cpu, MemorySampler(service) as memory:
+            with (
+                self.cpu_account() as cpu,
+                MemorySampler(service) as memory,
+                RequestCost(service, self.db) as cost,
+            ):
                 measured = run(seconds=seconds)
         except RuntimeError:
             if service.process.poll() is not None:
@@ -271,6 +276,8 @@ class Bench:
             raise
         measured.other_cpu_percent = cpu.other_percent
         measured.memory_peak_mb, measured.memory_mean_mb = memory.peak_mb, memory.mean_mb
+        measured.served, measured.commits = cost.served, cost.commits
+        measured.service_cpu_s, measured.database_cpu_s = cost.service_cpu_s, cost.database_cpu_s
         return measured
 
     def _pgbench_once(self, scenario: str) -> Measurement:
@@ -348,6 +355,14 @@ class Bench:
 
     def announce(self, m: Measurement) -> None:
         memory = f", worker RSS peak {m.memory_peak_mb:.0f} MB" if m.memory_peak_mb else ""
+        cost = m.per_request()
+        if cost["commits_per_request"] is not None:
+            memory += f", {cost['commits_per_request']:.2f} commits"
+        if cost["service_cpu_us_per_request"] is not None:
+            memory += f", CPU {cost['service_cpu_us_per_request']:,.0f} µs service"
+            if cost["database_cpu_us_per_request"] is not None:
+                memory += f" + {cost['database_cpu_us_per_request']:,.0f} µs PostgreSQL"
+            memory += " per request"
         if m.connections_per_worker:
             memory += f", connections per worker {m.connections_per_worker}"
         console.print(
