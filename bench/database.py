@@ -308,6 +308,17 @@ def committed_transactions(admin_url: str) -> int:
     return int(row[0])
 
 
+def backends(admin_url: str, role: str) -> set[int]:
+    """The process ids of the role's connections to the benchmark database (read from the
+    maintenance database, like its counts)."""
+    database = conninfo_to_dict(admin_url).get("dbname") or ""
+    with psycopg.connect(admin_url, dbname=STATS_DATABASE, autocommit=True) as conn:
+        rows = conn.execute(
+            "select pid from pg_stat_activity where usename = %s and datname = %s", (role, database)
+        ).fetchall()
+    return {int(row[0]) for row in rows}
+
+
 def table_rows(admin_url: str) -> int:
     with psycopg.connect(admin_url) as conn:
         row = conn.execute("select count(*) from tasks").fetchone()

@@ -32,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from app.auth import TokenVerifier
 from app.config import Settings
-from bench import capture, database, load, pgbench, report
+from bench import capture, database, load, pgbench, report, transactions
 from bench.database import BenchDatabase
 from bench.report import GrowthPoint, Measurement, Report, combine
 from bench.service import (
@@ -208,6 +208,24 @@ class Bench:
             self.restore()
             self.report.captured = {k: [s.to_json() for s in v] for k, v in self.captured.items()}
         return self.captured
+
+    def count_transactions(self) -> None:
+        """The list's and the chat's commits per request, counted exactly on the app in
+        process (bench/transactions.py); the list's always, as the chat's control."""
+        if self.report.transactions:
+            return
+        scenarios = tuple(s for s in transactions.PROBED if s == "list" or s in self.options.scenarios)
+        n = load.load_users(self.seeded_users)[0]
+        self.report.transactions = asyncio.run(
+            transactions.count(self.db, self.settings, n, self.options.tasks_per_user, scenarios)
+        )
+        self.restore()  # the chat's conversations
+        for counted in self.report.transactions.values():
+            calls = f", {counted.tool_calls} tool call(s)" if counted.tool_calls is not None else ""
+            console.print(
+                f"  {counted.scenario}: {counted.commits_per_request:g} commits per request, "
+                f"{counted.transactions_per_request:g} transaction(s){calls} (exact count)"
+            )
 
     # --- load ------------------------------------------------------------------------
 
@@ -469,6 +487,7 @@ class Bench:
         for size in sizes:
             seconds = self.seed_to(size // options.tasks_per_user)
             self.capture_statements()
+            self.count_transactions()
             if size in growth:
                 self.report.growth.append(self.growth_point(seconds))
             if size == options.tasks:
