@@ -274,13 +274,14 @@ class Bench:
             threads=self.options.threads,
             target=target,
             spread=spread,
-            settle=service.wait_idle,
+            settle=service.wait_idle if scenario in load.DRAINED_SCENARIOS else None,
         )
         try:
             if warm and self.options.warmup:
                 # Also opens every worker's database connections before the measurement.
                 run(seconds=self.options.warmup)
-                service.wait_idle()
+                if scenario in load.DRAINED_SCENARIOS:
+                    service.wait_idle()
             with (
                 self.cpu_account() as cpu,
                 MemorySampler(service) as memory,

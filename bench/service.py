@@ -119,7 +119,7 @@ class RunningService:
         """CPU time the service's processes have used (the uvicorn supervisor and its workers)."""
         return tree_cpu_seconds(self.process.pid)
 
-    def wait_idle(self, timeout: float = 30.0, interval: float = 0.2) -> bool:
+    def wait_idle(self, timeout: float = 30.0, interval: float = 0.1) -> bool:
         """Waits until the workers are idle (under IDLE_CPU of a core for `interval` s):
         the requests a stopped load generator left in flight are answered. A chat's run
         goes on after its client has left, and would otherwise take its CPU from the next
