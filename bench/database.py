@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from app import embedded
 from app.config import RUNTIME_ROLE
@@ -278,11 +279,44 @@ def seed(admin_url: str, first_user: int, last_user: int, per_user: int, advance
 
 def restore(admin_url: str, seeded_rows: int) -> None:
     """Back to the seeded rows: delete what the write scenarios created (their ids come
-    after the seeded ones), so that the next size's seeding can give its ids."""
+    after the seeded ones), so that the next size's seeding can give its ids, and the
+    chat's conversations (the seed has none)."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute("delete from tasks where id > %s", (seeded_rows,))
+        conn.execute("truncate public.messages, public.conversations restart identity")
         conn.execute("select setval(pg_get_serial_sequence('tasks', 'id'), (select max(id) from tasks))")
         conn.execute("vacuum analyze tasks")
+
+
+# The database the counts of the benchmark's are read from: reading them there adds
+# none of the reading's own transactions to them.
+STATS_DATABASE = "postgres"
+
+
+def committed_transactions(admin_url: str) -> int:
+    """The benchmark database's committed transactions so far (pg_stat_database.xact_commit),
+    read from the maintenance database. A backend publishes its count when it goes idle
+    at most once a second, and otherwise ten seconds after its last transaction or when
+    it exits."""
+    database = conninfo_to_dict(admin_url).get("dbname") or ""
+    with psycopg.connect(admin_url, dbname=STATS_DATABASE, autocommit=True) as conn:
+        row = conn.execute(
+            "select xact_commit from pg_stat_database where datname = %s", (database,)
+        ).fetchone()
+    if row is None:
+        raise RuntimeError(f"no statistics for database {database!r}")
+    return int(row[0])
+
+
+def backends(admin_url: str, role: str) -> set[int]:
+    """The process ids of the role's connections to the benchmark database (read from the
+    maintenance database, like its counts)."""
+    database = conninfo_to_dict(admin_url).get("dbname") or ""
+    with psycopg.connect(admin_url, dbname=STATS_DATABASE, autocommit=True) as conn:
+        rows = conn.execute(
+            "select pid from pg_stat_activity where usename = %s and datname = %s", (role, database)
+        ).fetchall()
+    return {int(row[0]) for row in rows}
 
 
 def table_rows(admin_url: str) -> int:

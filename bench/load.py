@@ -5,14 +5,17 @@ user's token) and one of that user's seeded tasks, so that load spreads over the
 as real traffic would, not over one hot row.
 """
 
+import http.client
 import json
 import os
 import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bench.database import filter_tag, search_term, task_id, user_id
 from bench.report import Measurement
@@ -28,6 +31,10 @@ class Request:
 
 
 CREATE_BODY = json.dumps({"title": "Benchmark task", "description": "Created by the benchmark"})
+# A message the offline assistant (app/chat/offline.py) answers with exactly one tool call,
+# a read: list_tasks of the user's pending tasks, then its reply. No conversation_id: each
+# message starts a conversation of its own (bench/README.md says why).
+CHAT_BODY = json.dumps({"message": "What's pending?"})
 REQUESTS = {
     "list": Request("GET", "/api/{user}/tasks?limit=50"),
     "get": Request("GET", "/api/{user}/tasks/{task}"),
@@ -39,14 +46,29 @@ REQUESTS = {
     "tag": Request("GET", "/api/{user}/tasks?tag={tag}&limit=50"),
     # The soonest due first, those with no due date last.
     "due": Request("GET", "/api/{user}/tasks?sort=due&limit=50"),
+    # A message to the assistant: the agent, one MCP tool call, three transactions.
+    "chat": Request("POST", "/api/{user}/chat", CHAT_BODY),
     # Control 3, served by bench/control_app.py only.
     "whoami": Request("GET", "/bench/whoami"),
 }
 # The read/write mix: 90 reads, 10 writes in every 100 requests.
 MIX = (("list", 45), ("get", 45), ("create", 5), ("toggle", 5))
-SCENARIOS = ("list", "get", "search", "tag", "due", "create", "toggle", "mix")
+SCENARIOS = ("list", "get", "search", "tag", "due", "create", "toggle", "mix", "chat")
 # The read scenarios whose latency the growth curve follows, and whose plans it shows.
+# Not the chat: its tool call runs the list's query (with a status filter), and its own
+# statements insert a conversation and its messages.
 GROWTH_SCENARIOS = ("list", "get", "search", "tag", "due")
+# Scenarios whose requests go on after their client has left (a chat's run stores its
+# rows whatever happens to the client): after wrk is stopped (a warm-up, an unbalanced
+# start), the service finishes what it left in flight before anything is measured.
+DRAINED_SCENARIOS = ("chat",)
+# Scenarios whose first request in a worker is slow: the chat's imports the Agents SDK
+# (seconds), so every worker answers one before the chat is measured (prime()).
+PRIMED_SCENARIOS = ("chat",)
+# How long prime() waits for a worker to accept each of its connections, and how many
+# connections it opens at most to reach every worker.
+PRIME_ACCEPT_WAIT = 1.0
+PRIME_CONNECTIONS = 64
 # How soon after wrk starts its connections are counted per worker, and how many
 # starts a run gets to spread them evenly.
 BALANCE_CHECK_AFTER = 0.5
@@ -151,6 +173,62 @@ def request_path(name: str, n: int, k: int, per_user: int) -> str:
     )
 
 
+def prime(
+    base_url: str,
+    client_ports_per_worker: Callable[[], list[set[int]]],
+    request: Request,
+    path: str,
+    token: str,
+    timeout: float = 120.0,
+) -> None:
+    """Every worker answers one request before the measurement. uvicorn's workers share a
+    listening socket, so which one accepts a connection is the kernel's choice:
+    connections are opened one at a time until every worker holds one (a worker's
+    connections are known by their client ports), then one request is sent on one
+    connection of each worker, all at once, and every answer awaited."""
+    if not base_url.startswith("http://127.0.0.1:"):
+        raise ValueError("the benchmark only drives services on the loopback address")
+    port = urlsplit(base_url).port
+    headers = {"Authorization": f"Bearer {token}"}
+    if request.body:
+        headers["Content-Type"] = "application/json"
+
+    def send(connection: http.client.HTTPConnection) -> int:
+        connection.request(request.method, path, body=request.body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+
+    opened: list[http.client.HTTPConnection] = []
+    try:
+        chosen: dict[int, http.client.HTTPConnection] = {}
+        workers = len(client_ports_per_worker())
+        if not workers:
+            raise RuntimeError("the service has no worker processes to prime")
+        while len(chosen) < workers:
+            if len(opened) == PRIME_CONNECTIONS:
+                raise RuntimeError(f"{PRIME_CONNECTIONS} connections did not reach every worker")
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+            connection.connect()
+            opened.append(connection)
+            client_port = connection.sock.getsockname()[1]
+            deadline = time.monotonic() + PRIME_ACCEPT_WAIT
+            while time.monotonic() < deadline:
+                held_by = client_ports_per_worker()
+                worker = next((i for i, ports in enumerate(held_by) if client_port in ports), None)
+                if worker is not None:
+                    chosen.setdefault(worker, connection)
+                    break
+                time.sleep(0.02)
+        with ThreadPoolExecutor(len(chosen)) as pool:
+            statuses = list(pool.map(send, chosen.values()))
+    finally:
+        for connection in opened:
+            connection.close()
+    if any(status >= 300 for status in statuses):
+        raise RuntimeError(f"priming {request.method} {request.path} answered {statuses}")
+
+
 def wrk_binary() -> str | None:
     return shutil.which("wrk")
 
@@ -193,6 +271,7 @@ def run_wrk(
     threads: int,
     target: str,
     spread: Callable[[], list[int]] | None = None,
+    settle: Callable[[], object] | None = None,
 ) -> Measurement:
     """One bounded wrk run against base_url (loopback only).
 
@@ -200,7 +279,8 @@ def run_wrk(
     unevenly on the workers is stopped and started again: uvicorn's workers share one
     listening socket, and asyncio accepts every connection waiting at a wake-up, so
     wrk's burst of connections often lands on one worker, and the run would measure
-    one worker while the others idle.
+    one worker while the others idle. After a stopped run, `settle` waits until the
+    service has answered what that run left in flight.
     """
     if not base_url.startswith("http://127.0.0.1:"):
         raise ValueError("the benchmark only drives services on the loopback address")
@@ -228,6 +308,8 @@ def run_wrk(
                 if not balanced(held, connections) and attempt < BALANCE_TRIES - 1:
                     process.kill()
                     process.communicate(timeout=10)
+                    if settle is not None:
+                        settle()
                     continue
             stdout, stderr = process.communicate(timeout=seconds + 60)
         finally:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.session import sign_context
-from bench.capture import EXPIRES, SEARCH, SIGNATURE, TAG, TASK, USER, Statement, tag_parameter
+from bench.capture import CAPTURED, EXPIRES, SEARCH, SIGNATURE, TAG, TASK, USER, Statement, tag_parameter
 from bench.database import USER_ID_BASE, search_term, task_id, user_id
 from bench.load import MIX, load_users
 from bench.report import Measurement
@@ -36,6 +36,14 @@ _PLACEHOLDER = re.compile(r"\$(\d+)")
 _LITERAL = re.compile(r"'(?:[^']|'')*'")
 # What pgbench would read as a variable: a colon and a name (a `::` cast is not one).
 _LOOKS_LIKE_VARIABLE = re.compile(r"(?<!:):[A-Za-z_]")
+
+
+def replays(scenario: str) -> bool:
+    """Whether control 4 applies: the scenarios whose statements the capture reads (and
+    the mix of them). Not the chat: its statements come in three transactions, from the
+    route and from the MCP tool, and bind ids that earlier statements returned (the new
+    conversation's) and the tool's answer, which the capture does not recognise."""
+    return scenario == "mix" or scenario in CAPTURED
 
 
 @dataclass(frozen=True)

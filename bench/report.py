@@ -1,8 +1,9 @@
-"""The results: measurements, the ratios that give them meaning, the targets of issue 5,
-as JSON, a markdown table and a PNG of the growth curve."""
+"""The results: measurements, the ratios that give them meaning, the targets of issues
+5, 12 and 13, as JSON, a markdown table and a PNG of the growth curve."""
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from statistics import median
@@ -21,6 +22,10 @@ MAX_GROWTH_RATIO = 1.2
 # Issue 12's: search's p50 at the largest size at most this times that at the smallest.
 MAX_SEARCH_GROWTH_RATIO = 1.5
 MAX_WORKER_MB = 150.0
+# Issue 13's: a chat message takes at most this many transactions besides one per tool
+# call (the history's: check the conversation, read it and store the message; then store
+# the tool calls and the reply).
+CHAT_HISTORY_TRANSACTIONS = 2
 
 
 @dataclass
@@ -38,6 +43,41 @@ class Measurement:
     connections_per_worker: list[int] | None = None  # how wrk's connections fell on the workers
     other_cpu_percent: float | None = None  # of the machine's CPU, used by anything but the benchmark
     rounds_rps: list[float] | None = None  # each round's req/s, when combined from rounds
+    # What the load cost, from its start to the last request in flight answered
+    # (bench.service.RequestCost): requests the service answered, commits PostgreSQL
+    # counted in the database, CPU seconds of the service's processes and of PostgreSQL's.
+    served: int | None = None
+    commits: int | None = None
+    service_cpu_s: float | None = None
+    database_cpu_s: float | None = None
+
+    @property
+    def answered(self) -> int:
+        """The requests the cost is shared by: those the service answered, or (no access
+        log) those wrk counted."""
+        return self.served if self.served is not None else self.requests
+
+    @property
+    def commits_per_request(self) -> float | None:
+        if self.commits is None or not self.answered:
+            return None
+        return self.commits / self.answered
+
+    def cpu_us(self, seconds: float | None) -> float | None:
+        """CPU microseconds per request answered."""
+        return None if seconds is None or not self.answered else seconds / self.answered * 1e6
+
+    def per_request(self) -> dict[str, float | None]:
+        return {
+            "commits_per_request": self.commits_per_request,
+            "service_cpu_us_per_request": self.cpu_us(self.service_cpu_s),
+            "database_cpu_us_per_request": self.cpu_us(self.database_cpu_s),
+        }
+
+
+def _total(values: list[Any]) -> Any:
+    """The sum of the rounds' values, None if any round has none."""
+    return None if any(value is None for value in values) else sum(values)
 
 
 def combine(rounds: list[Measurement]) -> Measurement:
@@ -61,6 +101,10 @@ def combine(rounds: list[Measurement]) -> Measurement:
         memory_mean_mb=sum(means) / len(means) if means else None,
         other_cpu_percent=max(others) if others else None,
         rounds_rps=[round(m.rps, 1) for m in rounds],
+        served=_total([m.served for m in rounds]),
+        commits=_total([m.commits for m in rounds]),
+        service_cpu_s=_total([m.service_cpu_s for m in rounds]),
+        database_cpu_s=_total([m.database_cpu_s for m in rounds]),
     )
 
 
@@ -111,6 +155,33 @@ class GrowthPoint:
 
 
 @dataclass
+class TransactionCount:
+    """A scenario's commits per request, counted exactly (bench/transactions.py)."""
+
+    scenario: str
+    requests: int  # requests counted
+    commits: int  # the commits PostgreSQL counted for them
+    commits_per_transaction: int  # per transaction of the service's: its commit and the clean-up's
+    tool_calls: int | None = None  # per message, for the chat (every message made as many)
+
+    @property
+    def commits_per_request(self) -> float:
+        return self.commits / self.requests
+
+    @property
+    def transactions_per_request(self) -> float:
+        """Transactions of the service's (begin ... commit) per request."""
+        return self.commits_per_request / self.commits_per_transaction
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "commits_per_request": self.commits_per_request,
+            "transactions_per_request": self.transactions_per_request,
+        }
+
+
+@dataclass
 class Target:
     name: str
     measured: float | None
@@ -128,6 +199,8 @@ class Report:
     captured: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # scenario -> (pgbench command, mean ms) for each command of its script
     statement_latencies: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    # scenario -> its commits per request, counted exactly (list and chat)
+    transactions: dict[str, TransactionCount] = field(default_factory=dict)
 
     def find(self, target: str, scenario: str) -> Measurement | None:
         return next((m for m in self.measurements if m.target == target and m.scenario == scenario), None)
@@ -139,6 +212,13 @@ class Report:
             return None
         return service.rps / other.rps
 
+    def chat_to_list(self) -> float | None:
+        """The chat's req/s over its control's, the list's, both as the service as shipped."""
+        chat, listed = self.find("service", "chat"), self.find("service", "list")
+        if chat is None or listed is None or not listed.rps:
+            return None
+        return chat.rps / listed.rps
+
     def ratios(self) -> dict[str, dict[str, float | None]]:
         scenarios = [m.scenario for m in self.measurements if m.target == "service"]
         return {
@@ -146,9 +226,36 @@ class Report:
                 "1/2": self.ratio(s, "no_rls"),
                 "1/3": self.ratio(s, "no_db"),
                 "1/4": self.ratio(s, "pgbench"),
+                "chat/list": self.chat_to_list() if s == "chat" else None,
             }
             for s in scenarios
         }
+
+    def chat_transactions_target(self) -> Target:
+        """Issue 13's: the transactions of one chat message, counted exactly, at most two
+        (the history's) plus one per tool call."""
+        chat = self.transactions.get("chat")
+        if chat is None or chat.tool_calls is None:
+            return Target(
+                "chat: database transactions per message (exact count)",
+                None,
+                f"<= {CHAT_HISTORY_TRANSACTIONS} + tool calls",
+                None,
+            )
+        limit = CHAT_HISTORY_TRANSACTIONS + chat.tool_calls
+        under_load = self.find("service", "chat")
+        loaded = under_load.commits_per_request if under_load else None
+        detail = f"{chat.commits_per_request:g} commits per message"
+        if loaded is not None:
+            detail += f"; under load {loaded:.2f}"
+        return Target(
+            "chat: database transactions per message (exact count)",
+            chat.transactions_per_request,
+            f"<= {limit} ({CHAT_HISTORY_TRANSACTIONS} + {chat.tool_calls} tool call"
+            f"{'s' if chat.tool_calls != 1 else ''})",
+            chat.transactions_per_request <= limit,
+            detail,
+        )
 
     def targets(self) -> list[Target]:
         targets = []
@@ -216,14 +323,19 @@ class Report:
                 ", ".join(unkeyed) or f"{len(scans)} scans checked",
             )
         )
-        peaks = [m.memory_peak_mb for m in self.measurements if m.target == "service" and m.memory_peak_mb]
-        value = max(peaks) if peaks else None
+        targets.append(self.chat_transactions_target())
+        served = [m for m in self.measurements if m.target == "service" and m.memory_peak_mb]
+        value = max((m.memory_peak_mb or 0.0 for m in served), default=None)
+        # A worker that has answered a chat message holds the Agents SDK: said apart.
+        rest = [m.memory_peak_mb or 0.0 for m in served if m.scenario != "chat"]
+        detail = f"{max(rest):.0f} without the chat" if rest and len(rest) < len(served) else ""
         targets.append(
             Target(
                 "server memory under load, per worker (peak RSS, MB)",
                 value,
                 f"<= {MAX_WORKER_MB:.0f}",
                 None if value is None else value <= MAX_WORKER_MB,
+                detail,
             )
         )
         return targets
@@ -231,7 +343,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         return {
             "meta": self.meta,
-            "measurements": [asdict(m) for m in self.measurements],
+            "measurements": [{**asdict(m), **m.per_request()} for m in self.measurements],
             "ratios": self.ratios(),
             "targets": [asdict(t) for t in self.targets()],
             "growth": [
@@ -243,6 +355,7 @@ class Report:
             ],
             "captured": self.captured,
             "statement_latencies": {k: [list(x) for x in v] for k, v in self.statement_latencies.items()},
+            "transactions": {k: v.to_json() for k, v in self.transactions.items()},
         }
 
 
@@ -257,6 +370,52 @@ def _p50(point: GrowthPoint, scenario: str) -> float | None:
 
 def _met(target: Target) -> str:
     return "not measured" if target.met is None else ("**met**" if target.met else "**missed**")
+
+
+def _chat_section(report: Report) -> list[str]:
+    """The chat beside its control, the list: what a message costs against a request."""
+    chat, listed = report.find("service", "chat"), report.find("service", "list")
+    if chat is None:
+        return []
+    counted = {name: report.transactions.get(name) for name in ("chat", "list")}
+
+    def row(name: str, value: Callable[[Any], float | None], digits: int, source: dict[str, Any]) -> str:
+        values = [None if source[key] is None else value(source[key]) for key in ("chat", "list")]
+        ratio = values[0] / values[1] if None not in values and values[1] else None
+        return f"| {name} | {_num(values[0], digits)} | {_num(values[1], digits)} | {_num(ratio, 2)} |"
+
+    loads = {"chat": chat, "list": listed}
+    calls = counted["chat"].tool_calls if counted["chat"] else None
+    return [
+        "",
+        "## The chat and its control (issue 13)",
+        "",
+        "`POST /api/{user}/chat` on the offline assistant, a message that makes "
+        f"{_num(calls, 0)} tool call(s), beside the list (`GET /api/{{user}}/tasks?limit=50`): "
+        "the service as shipped, in the same run. Transactions counted exactly: one request at a "
+        "time on the app in process, its connections closed before the count is read "
+        "(bench/transactions.py); under load: over the measurement above.",
+        "",
+        "| per request | chat | list | chat / list |",
+        "|---|---:|---:|---:|",
+        row("req/s", lambda m: m.rps, 0, loads),
+        row("p50 ms", lambda m: m.p50_ms, 2, loads),
+        row("transactions of the service's, exact count", lambda c: c.transactions_per_request, 2, counted),
+        row("commits PostgreSQL counts, exact count", lambda c: c.commits_per_request, 2, counted),
+        row("commits PostgreSQL counts, under load", lambda m: m.commits_per_request, 2, loads),
+        row("service CPU µs", lambda m: m.cpu_us(m.service_cpu_s), 0, loads),
+        row("PostgreSQL CPU µs", lambda m: m.cpu_us(m.database_cpu_s), 0, loads),
+        row(
+            "service and PostgreSQL CPU µs",
+            lambda m: (
+                None
+                if m.service_cpu_s is None or m.database_cpu_s is None
+                else m.cpu_us(m.service_cpu_s + m.database_cpu_s)
+            ),
+            0,
+            loads,
+        ),
+    ]
 
 
 def to_markdown(report: Report, chart: str | None) -> str:
@@ -274,35 +433,53 @@ def to_markdown(report: Report, chart: str | None) -> str:
         "",
         "## Requests per second and latency",
         "",
+        "Per request (answered, in-flight ones included): the commits PostgreSQL counted in the "
+        "database (pg_stat_database.xact_commit; two per transaction of the service's, its "
+        "commit and the clean-up after it), and the CPU time of the service's processes and of "
+        "PostgreSQL's. The commits are approximate: PostgreSQL publishes each connection's count at "
+        "most once a second (bench/README.md).",
+        "",
         "| scenario | configuration | req/s | req/s of each round | p50 ms | p99 ms | errors "
-        "| worker RSS peak / mean MB | connections per worker | other CPU % |",
-        "|---|---|---:|---|---:|---:|---:|---:|---|---:|",
+        "| worker RSS peak / mean MB | connections per worker | other CPU % "
+        "| commits / request | service CPU µs / request | PostgreSQL CPU µs / request |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
-    listed = ("list", "get", "search", "tag", "due", "create", "toggle", "mix", "whoami")
+    listed = ("list", "get", "search", "tag", "due", "create", "toggle", "mix", "chat", "whoami")
     order = {name: i for i, name in enumerate(listed)}
     for m in sorted(
-        report.measurements, key=lambda m: (order.get(m.scenario, 9), list(TARGETS).index(m.target))
+        report.measurements, key=lambda m: (order.get(m.scenario, len(listed)), list(TARGETS).index(m.target))
     ):
         memory = "-" if m.memory_peak_mb is None else f"{m.memory_peak_mb:.0f} / {m.memory_mean_mb:.0f}"
         spread = " + ".join(map(str, m.connections_per_worker)) if m.connections_per_worker else "-"
         each = ", ".join(f"{rps:,.0f}" for rps in m.rounds_rps) if m.rounds_rps else "-"
+        cost = m.per_request()
         lines.append(
             f"| {m.scenario} | {TARGETS[m.target]} | {_num(m.rps, 0)} | {each} | {_num(m.p50_ms, 2)} | "
-            f"{_num(m.p99_ms, 2)} | {m.errors} | {memory} | {spread} | {_num(m.other_cpu_percent, 0)} |"
+            f"{_num(m.p99_ms, 2)} | {m.errors} | {memory} | {spread} | {_num(m.other_cpu_percent, 0)} | "
+            f"{_num(cost['commits_per_request'], 2)} | {_num(cost['service_cpu_us_per_request'], 0)} | "
+            f"{_num(cost['database_cpu_us_per_request'], 0)} |"
         )
     lines += [
         "",
         "## Ratios (req/s of the service / req/s of the control)",
         "",
         "| scenario | 1/2 cost of isolation | 1/3 of the framework's ceiling "
-        "| 1/4 of the database's ceiling |",
-        "|---|---:|---:|---:|",
+        "| 1/4 of the database's ceiling | chat / list (the chat's control) |",
+        "|---|---:|---:|---:|---:|",
     ]
     for scenario, ratios in report.ratios().items():
         lines.append(
-            f"| {scenario} | {_num(ratios['1/2'], 2)} | {_num(ratios['1/3'], 2)} | {_num(ratios['1/4'], 2)} |"
+            f"| {scenario} | {_num(ratios['1/2'], 2)} | {_num(ratios['1/3'], 2)} | {_num(ratios['1/4'], 2)} "
+            f"| {_num(ratios['chat/list'], 2)} |"
         )
-    lines += ["", "## Targets (issues 5 and 12)", "", "| target | measured | limit | |", "|---|---:|---|---|"]
+    lines += _chat_section(report)
+    lines += [
+        "",
+        "## Targets (issues 5, 12 and 13)",
+        "",
+        "| target | measured | limit | |",
+        "|---|---:|---|---|",
+    ]
     for target in report.targets():
         measured = _num(target.measured, 2) + (f" ({target.detail})" if target.detail else "")
         lines.append(f"| {target.name} | {measured} | {target.limit} | {_met(target)} |")

@@ -32,12 +32,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from app.auth import TokenVerifier
 from app.config import Settings
-from bench import capture, database, load, pgbench, report
+from bench import capture, database, load, pgbench, report, transactions
 from bench.database import BenchDatabase
 from bench.report import GrowthPoint, Measurement, Report, combine
 from bench.service import (
     CpuAccount,
     MemorySampler,
+    RequestCost,
     RunningService,
     control_service,
     environment,
@@ -99,7 +100,9 @@ class Secrets:
 def service_settings(db: BenchDatabase, keys: Secrets, database_url: str) -> Settings:
     """The service's configuration for the run, as the environment gives it to uvicorn:
     what the caller's environment sets (DB_POOL_SIZE, say), then the run's database and
-    secrets, and no rate limits, which would measure the limiter instead."""
+    secrets, no rate limits, which would measure the limiter instead, and the chat on
+    the offline assistant (no CHAT_MODEL, no tracing): the chat scenario measures the
+    service's own path, not a model provider."""
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
         database_url=database_url,
@@ -108,6 +111,9 @@ def service_settings(db: BenchDatabase, keys: Secrets, database_url: str) -> Set
         rls_context_key=SecretStr(keys.context_key),
         rate_limit_requests="",
         rate_limit_writes="",
+        rate_limit_chat="",
+        chat_model=None,
+        chat_tracing=False,
         # The names the benchmark reaches the service by: wrk, and the capture's base_url.
         allowed_hosts=["127.0.0.1", "bench"],
     )
@@ -124,6 +130,10 @@ def service_environment(
             "RLS_CONTEXT_KEY": keys.context_key,
             "RATE_LIMIT_REQUESTS": "",
             "RATE_LIMIT_WRITES": "",
+            "RATE_LIMIT_CHAT": "",
+            # Unset is the offline assistant; and no traces sent anywhere.
+            "CHAT_MODEL": "",
+            "CHAT_TRACING": "false",
             "ALLOWED_HOSTS": "127.0.0.1",
             "DATA_DIR": str(data_dir),
         }
@@ -199,6 +209,24 @@ class Bench:
             self.report.captured = {k: [s.to_json() for s in v] for k, v in self.captured.items()}
         return self.captured
 
+    def count_transactions(self) -> None:
+        """The list's and the chat's commits per request, counted exactly on the app in
+        process (bench/transactions.py); the list's always, as the chat's control."""
+        if self.report.transactions:
+            return
+        scenarios = tuple(s for s in transactions.PROBED if s == "list" or s in self.options.scenarios)
+        n = load.load_users(self.seeded_users)[0]
+        self.report.transactions = asyncio.run(
+            transactions.count(self.db, self.settings, n, self.options.tasks_per_user, scenarios)
+        )
+        self.restore()  # the chat's conversations
+        for counted in self.report.transactions.values():
+            calls = f", {counted.tool_calls} tool call(s)" if counted.tool_calls is not None else ""
+            console.print(
+                f"  {counted.scenario}: {counted.commits_per_request:g} commits per request, "
+                f"{counted.transactions_per_request:g} transaction(s){calls} (exact count)"
+            )
+
     # --- load ------------------------------------------------------------------------
 
     def wrk_files(self, tag: str) -> tuple[Path, Path]:
@@ -207,6 +235,18 @@ class Bench:
         directory = self.workdir / "wrk" / tag
         directory.mkdir(parents=True, exist_ok=True)
         return load.write_wrk_files(directory, numbers, tokens, self.options.tasks_per_user)
+
+    def prime(self, service: RunningService, scenario: str) -> None:
+        """Every worker of the service answers one request of the scenario (the chat's
+        first imports the Agents SDK, seconds that are no part of a message's cost)."""
+        n = load.load_users(self.seeded_users)[0]
+        load.prime(
+            service.base_url,
+            service.client_ports_per_worker,
+            load.REQUESTS[scenario],
+            load.request_path(scenario, n, 1, self.options.tasks_per_user),
+            self.verifier.issue(database.user_id(n), TOKEN_TTL),
+        )
 
     def _drive_once(
         self,
@@ -234,12 +274,19 @@ class Bench:
             threads=self.options.threads,
             target=target,
             spread=spread,
+            settle=service.wait_idle if scenario in load.DRAINED_SCENARIOS else None,
         )
         try:
             if warm and self.options.warmup:
                 # Also opens every worker's database connections before the measurement.
                 run(seconds=self.options.warmup)
-            with self.cpu_account() as cpu, MemorySampler(service) as memory:
+                if scenario in load.DRAINED_SCENARIOS:
+                    service.wait_idle()
+            with (
+                self.cpu_account() as cpu,
+                MemorySampler(service) as memory,
+                RequestCost(service, self.db) as cost,
+            ):
                 measured = run(seconds=seconds)
         except RuntimeError:
             if service.process.poll() is not None:
@@ -248,6 +295,8 @@ class Bench:
             raise
         measured.other_cpu_percent = cpu.other_percent
         measured.memory_peak_mb, measured.memory_mean_mb = memory.peak_mb, memory.mean_mb
+        measured.served, measured.commits = cost.served, cost.commits
+        measured.service_cpu_s, measured.database_cpu_s = cost.service_cpu_s, cost.database_cpu_s
         return measured
 
     def _pgbench_once(self, scenario: str) -> Measurement:
@@ -325,6 +374,14 @@ class Bench:
 
     def announce(self, m: Measurement) -> None:
         memory = f", worker RSS peak {m.memory_peak_mb:.0f} MB" if m.memory_peak_mb else ""
+        cost = m.per_request()
+        if cost["commits_per_request"] is not None:
+            memory += f", {cost['commits_per_request']:.2f} commits"
+        if cost["service_cpu_us_per_request"] is not None:
+            memory += f", CPU {cost['service_cpu_us_per_request']:,.0f} µs service"
+            if cost["database_cpu_us_per_request"] is not None:
+                memory += f" + {cost['database_cpu_us_per_request']:,.0f} µs PostgreSQL"
+            memory += " per request"
         if m.connections_per_worker:
             memory += f", connections per worker {m.connections_per_worker}"
         console.print(
@@ -403,17 +460,21 @@ class Bench:
         ):
             for scenario in options.scenarios:
                 taken: dict[str, list[Measurement]] = {"service": [], "no_rls": [], "pgbench": []}
+                if scenario in load.PRIMED_SCENARIOS:
+                    self.prime(shipped, scenario)
+                    self.prime(control, scenario)
                 # Round after round, the configurations back to back, so that each meets
                 # the same table and a drift of the machine falls on all of them.
                 for round_number in range(options.rounds):
                     how = {**measure, "warm": round_number == 0}
                     taken["service"].append(self.drive(shipped, files, "service", scenario, **how))
                     taken["no_rls"].append(self.drive(control, files, "no_rls", scenario, **how))
-                    taken["pgbench"].append(self.pgbench(scenario))
+                    if pgbench.replays(scenario):
+                        taken["pgbench"].append(self.pgbench(scenario))
                     if scenario not in load.GROWTH_SCENARIOS:  # the reads
                         # The next round meets the seeded table, not this one's writes.
                         self.restore()
-                self.report.measurements += [combine(rounds) for rounds in taken.values()]
+                self.report.measurements += [combine(rounds) for rounds in taken.values() if rounds]
             whoami = [
                 self.drive(control, files, "no_db", "whoami", **measure, warm=round_number == 0)
                 for round_number in range(options.rounds)
@@ -427,6 +488,7 @@ class Bench:
         for size in sizes:
             seconds = self.seed_to(size // options.tasks_per_user)
             self.capture_statements()
+            self.count_transactions()
             if size in growth:
                 self.report.growth.append(self.growth_point(seconds))
             if size == options.tasks:

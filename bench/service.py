@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from bench.database import BenchDatabase, committed_transactions
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
@@ -24,6 +26,36 @@ STOP_TIMEOUT = 15.0
 STARTED = "Application startup complete."
 # Inherited variables that would change how uvicorn runs behind the benchmark's back.
 _UVICORN_VARIABLES = ("UVICORN_", "WEB_CONCURRENCY")
+# The service's workers count as idle below this share of one core.
+IDLE_CPU = 0.05
+# LOG_LEVELs at which the access log is written.
+ACCESS_LOG_LEVELS = frozenset({"DEBUG", "INFO", "NOTSET"})
+
+
+def _log_level() -> str:
+    return os.environ.get("LOG_LEVEL", "info").upper()
+
+
+def _cpu_of(processes: list[psutil.Process]) -> float:
+    """User and system CPU seconds of the processes, and of their children that ended."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def tree_cpu_seconds(root: int) -> float | None:
+    """CPU seconds a process and its descendants have used, those that ended included (in
+    their parent's children times); None if the process is gone."""
+    try:
+        top = psutil.Process(root)
+        return _cpu_of([top, *top.children(recursive=True)])
+    except psutil.Error:
+        return None
 
 
 def free_port() -> int:
@@ -70,23 +102,60 @@ class RunningService:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size
+
+    def served_since(self, offset: int) -> int | None:
+        """Requests answered since the log had `offset` bytes: the service's access log
+        lines (app.access, one per request at LOG_LEVEL=info; None above that). The
+        chat's calls to its own /mcp go in process, past the middleware, and log none."""
+        if _log_level() not in ACCESS_LOG_LEVELS:
+            return None
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            return sum(1 for line in log if b"app.access" in line)
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the service's processes have used (the uvicorn supervisor and its workers)."""
+        return tree_cpu_seconds(self.process.pid)
+
+    def wait_idle(self, timeout: float = 30.0, interval: float = 0.1) -> bool:
+        """Waits until the workers are idle (under IDLE_CPU of a core for `interval` s):
+        the requests a stopped load generator left in flight are answered. A chat's run
+        goes on after its client has left, and would otherwise take its CPU from the next
+        measurement."""
+        deadline = time.monotonic() + timeout
+        workers = self.worker_processes()
+        last = _cpu_of(workers)
+        while time.monotonic() < deadline:
+            time.sleep(interval)
+            now = _cpu_of(workers)
+            if now - last < IDLE_CPU * interval:
+                return True
+            last = now
+        return False
+
     def connections_per_worker(self) -> list[int]:
         """Established client connections each worker holds now."""
+        return [len(ports) for ports in self.client_ports_per_worker()]
+
+    def client_ports_per_worker(self) -> list[set[int]]:
+        """The client ports of the established connections each worker holds now."""
         port = int(self.base_url.rsplit(":", 1)[1])
-        counts = []
+        held_by = []
         for worker in self.worker_processes():
             try:
                 held = worker.net_connections(kind="tcp")
             except psutil.Error:
                 held = []
-            counts.append(
-                sum(
-                    1
+            held_by.append(
+                {
+                    c.raddr.port
                     for c in held
-                    if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
-                )
+                    if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port and c.raddr
+                }
             )
-        return counts
+        return held_by
 
 
 def _wait_until_serving(service: RunningService) -> None:
@@ -237,20 +306,7 @@ class CpuAccount:
         self.other_percent: float | None = None
 
     def _ours(self) -> float:
-        total = 0.0
-        for root in self._roots:
-            try:
-                processes = [psutil.Process(root)]
-                processes += processes[0].children(recursive=True)
-            except psutil.Error:
-                continue
-            for process in processes:
-                try:
-                    times = process.cpu_times()
-                except psutil.Error:
-                    continue
-                total += times.user + times.system + times.children_user + times.children_system
-        return total
+        return sum(tree_cpu_seconds(root) or 0.0 for root in self._roots)
 
     @staticmethod
     def _busy() -> float:
@@ -269,3 +325,41 @@ class CpuAccount:
         busy, ours = self._busy() - self._busy_at_start, self._ours() - self._ours_at_start
         if elapsed > 0:
             self.other_percent = max(0.0, busy - ours) / (elapsed * (os.cpu_count() or 1)) * 100
+
+
+class RequestCost:
+    """What a measurement cost the service and the database, from just before its load
+    starts to when the service has answered the requests left in flight: the requests
+    answered (its access log), the commits in the benchmark's database
+    (pg_stat_database.xact_commit), and the CPU time of the service's processes and of
+    PostgreSQL's (the postmaster and every backend)."""
+
+    def __init__(self, service: RunningService, db: BenchDatabase) -> None:
+        self._service = service
+        self._db = db
+        self.served: int | None = None
+        self.commits: int | None = None
+        self.service_cpu_s: float | None = None
+        self.database_cpu_s: float | None = None
+
+    def _database_cpu(self) -> float | None:
+        return tree_cpu_seconds(self._db.pid) if self._db.pid else None
+
+    def __enter__(self) -> "RequestCost":
+        self._offset = self._service.log_size()
+        self._service_cpu = self._service.cpu_seconds()
+        self._database_cpu_at_start = self._database_cpu()
+        self._commits = committed_transactions(self._db.admin_url)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            return
+        self._service.wait_idle()
+        self.served = self._service.served_since(self._offset)
+        self.commits = committed_transactions(self._db.admin_url) - self._commits
+        service_cpu, database_cpu = self._service.cpu_seconds(), self._database_cpu()
+        if service_cpu is not None and self._service_cpu is not None:
+            self.service_cpu_s = service_cpu - self._service_cpu
+        if database_cpu is not None and self._database_cpu_at_start is not None:
+            self.database_cpu_s = database_cpu - self._database_cpu_at_start

@@ -1,11 +1,12 @@
 """The benchmark harness (bench/) on its smallest path, so that it cannot rot: a tiny
-table seeded, the service's statements captured, the service and its controls under
-wrk and pgbench for a second each, a growth point with the reads' plans, the report
-written."""
+table seeded, the service's statements captured, the list's and the chat's transactions
+counted, the service and its controls under wrk and pgbench for a second each, a growth
+point with the reads' plans, the report written."""
 
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -58,12 +59,14 @@ def test_the_benchmark_measures_the_service_and_its_controls(
         warmup=0,
         connections=2,
         workers=1,
-        # The list, and the reads of issue 12 (search, tag filter, due sort), each with
-        # all its controls; get, create, toggle and mix run the same code paths.
-        scenarios=("list", "search", "tag", "due"),
+        # The list, the search and the tag filter of issue 12, each with all its
+        # controls, and the chat (issue 13) with those that apply; get, create, toggle,
+        # mix and due (in the growth point, with its plan) run the same code paths.
+        scenarios=("list", "search", "tag", "chat"),
         growth_sizes=(20,),
         growth_duration=1,
-        rounds=2,  # rounds combined, in a test of reasonable length
+        # One round: combining rounds is test_rounds_combine's.
+        rounds=1,
         # Measured once, busy machine or not: this checks the harness, not the figures.
         quiet_tries=1,
         quiet_wait=0,
@@ -76,18 +79,44 @@ def test_the_benchmark_measures_the_service_and_its_controls(
 
     written = json.loads((tmp_path / "results" / "latest.json").read_text())
     measured = {(m["target"], m["scenario"]): m for m in written["measurements"]}
+    # pgbench does not replay the chat (bench/README.md).
     assert set(measured) == {
-        *((target, name) for target in ("service", "no_rls", "pgbench") for name in options.scenarios),
+        *((target, name) for target in ("service", "no_rls") for name in options.scenarios),
+        *(("pgbench", name) for name in options.scenarios if name != "chat"),
         ("no_db", "whoami"),
     }
     for m in measured.values():
         assert m["requests"] > 0 and m["errors"] == 0, m
         assert m["rps"] > 0 and 0 < m["p50_ms"] <= m["p99_ms"], m
         assert 0 <= m["other_cpu_percent"] <= 100, m
+        if m["target"] != "pgbench":
+            # Each wrk measurement's cost: the requests the service answered (in-flight
+            # ones too), the commits in the database, CPU per request.
+            assert m["served"] >= m["requests"] and m["commits"] >= 0, m
+            assert m["service_cpu_us_per_request"] > 0 and m["database_cpu_us_per_request"] >= 0, m
     for target in ("service", "no_rls", "no_db"):
         assert measured[target, "whoami" if target == "no_db" else "list"]["memory_peak_mb"] > 10
     for scenario in options.scenarios:
-        assert all(value is not None for value in written["ratios"][scenario].values())
+        ratios = written["ratios"][scenario]
+        if scenario == "chat":  # no pgbench; the list is its control
+            assert ratios["1/4"] is None and ratios["chat/list"] > 0, ratios
+            assert ratios["1/2"] is not None and ratios["1/3"] is not None, ratios
+        else:
+            assert ratios["chat/list"] is None, ratios
+            assert all(ratios[key] is not None for key in ("1/2", "1/3", "1/4")), ratios
+
+    # Transactions per request, counted exactly: the list's one, the chat's three (two
+    # for the conversation and its history, one for its one tool call). PostgreSQL counts
+    # two commits for each, the commit and the clean-up that runs after it.
+    counted = written["transactions"]
+    assert (counted["list"]["commits_per_request"], counted["list"]["transactions_per_request"]) == (2, 1)
+    chat = counted["chat"]
+    assert (chat["commits_per_request"], chat["transactions_per_request"], chat["tool_calls"]) == (6, 3, 1)
+    (target,) = [t for t in written["targets"] if t["name"].startswith("chat: database transactions")]
+    assert target["measured"] == 3 and target["met"] is True, target
+    # Under load it is PostgreSQL's count over the measurement, which a second's worth of
+    # each connection's commits may miss or gain at either end.
+    assert measured["service", "chat"]["commits_per_request"] >= 0
 
     # One request's statements, as PostgreSQL received them: the signed context first,
     # then the query, in one transaction.
@@ -121,11 +150,16 @@ def test_the_benchmark_measures_the_service_and_its_controls(
     assert any(s["table"] == "task_tags" for s in plans["tag"]["scans"])
 
     markdown = (tmp_path / "results" / "smoke.md").read_text()
-    assert "## Targets (issues 5 and 12)" in markdown and "**list**: " in markdown
+    assert "## Targets (issues 5, 12 and 13)" in markdown and "**list**: " in markdown
+    assert "## The chat and its control (issue 13)" in markdown
+    assert "| transactions of the service's, exact count | 3.00 | 1.00 | 3.00 |" in markdown
     assert "growth: search p50" in markdown and "**Plan of search at 20 tasks**" in markdown
     with psycopg.connect(db_url.admin) as conn:
-        # What the write scenarios added is gone again: the table holds the seeded rows.
+        # What the write scenarios added is gone again: the table holds the seeded rows,
+        # and no conversation is left of the chat's.
         assert conn.execute("select count(*), max(id) from tasks").fetchone() == (20, 20)
+        assert conn.execute("select count(*) from conversations").fetchone() == (0,)
+        assert conn.execute("select count(*) from messages").fetchone() == (0,)
         # Seeding skipped the foreign-key triggers: its rows must satisfy the keys anyway.
         orphans = conn.execute(
             "select count(*) from task_tags tt where not exists (select from tasks t"
@@ -146,3 +180,39 @@ def test_the_benchmark_measures_the_service_and_its_controls(
                 (search_term(n), user_id(n), filter_tag(n), user_id(n)),
             ).fetchone()
             assert found is not None and found[0] >= 1 and found[1] >= 1, (n, found)
+
+
+def test_rounds_combine() -> None:
+    """Rounds of a measurement as one: the median round's rates and latencies, the
+    sums of the counts and costs, the worst memory and disturbance, each round's req/s."""
+    rounds = [
+        report.Measurement(
+            target="service",
+            scenario="chat",
+            requests=20,
+            errors=0,
+            seconds=1.0,
+            rps=rps,
+            p50_ms=rps / 10,
+            p99_ms=rps / 5,
+            memory_peak_mb=150.0 + rps,
+            other_cpu_percent=other,
+            served=22,
+            commits=120,
+            service_cpu_s=1.5,
+            database_cpu_s=0.25,
+        )
+        for rps, other in ((20.0, 3.0), (30.0, 1.0), (10.0, 2.0))
+    ]
+    combined = report.combine(rounds)
+    assert (combined.rps, combined.p50_ms, combined.p99_ms) == (20.0, 2.0, 4.0)
+    assert (combined.requests, combined.served, combined.commits) == (60, 66, 360)
+    assert (combined.memory_peak_mb, combined.other_cpu_percent) == (180.0, 3.0)
+    assert combined.rounds_rps == [20.0, 30.0, 10.0]
+    assert combined.per_request() == {
+        "commits_per_request": 360 / 66,
+        "service_cpu_us_per_request": 4.5 / 66 * 1e6,
+        "database_cpu_us_per_request": 0.75 / 66 * 1e6,
+    }
+    # A round without a cost (no access log, say): the combined one has none.
+    assert report.combine([*rounds[:2], replace(rounds[2], commits=None)]).commits is None
