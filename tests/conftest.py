@@ -81,6 +81,9 @@ class Server:
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Server]:
     external = os.environ.get("TODO_TEST_ADMIN_URL")
+    if external and os.environ.get("PYTEST_XDIST_WORKER"):
+        # The workers would share its roles and its database names.
+        pytest.exit("with TODO_TEST_ADMIN_URL, run the tests in one process: pytest -n 0", returncode=4)
     if external:
         params = conninfo_to_dict(external)
         yield Server(
