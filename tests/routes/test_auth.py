@@ -85,7 +85,13 @@ async def test_missing_token_is_401_on_every_route(client: httpx.AsyncClient) ->
         assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
-@pytest.mark.parametrize("header", ["Basic YWxpY2U6cHc=", "Bearer", "Token abc", make_token()])
+@pytest.mark.parametrize(
+    "header",
+    ["Basic YWxpY2U6cHc=", "Bearer", "Token abc", make_token()],
+    # Named, not shown: a token's text changes with the clock, and the workers of a
+    # parallel run must collect the same test names.
+    ids=["basic", "bearer-alone", "other-scheme", "token-without-scheme"],
+)
 async def test_malformed_authorization_header_is_401(client: httpx.AsyncClient, header: str) -> None:
     response = await client.get("/api/alice/tasks", headers={"Authorization": header})
     assert response.status_code == 401
