@@ -122,3 +122,7 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     # The MCP SDK says at INFO that each stateless /mcp request ends its session: the
     # access log has the request already.
     logging.getLogger("mcp").setLevel(logging.WARNING)
+    # httpx2 says at INFO each request it sends: for a chat message, the agent's
+    # in-process calls to /mcp and the model provider's, which the chat's access log line
+    # stands for.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
