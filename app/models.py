@@ -157,16 +157,34 @@ DueAt = Annotated[
 ]
 
 
+# Columns every table of user data has, each model its own Column (SQLAlchemy binds a
+# Column to one table).
+def _owner_column() -> Any:
+    """user_id, first in the primary key: every foreign key to the row names it too."""
+    return Field(sa_column=Column(String(255), primary_key=True))
+
+
+def _identity_column() -> Any:
+    """id, from the database (generated always), second in the primary key."""
+    return Field(default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True))
+
+
+def _timestamp_column() -> Any:
+    """created_at or updated_at: now() when the row is written."""
+    return Field(
+        default=None,
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+
 class Task(SQLModel, table=True):
     __tablename__ = "tasks"
 
     # The owner. Row-level security compares it with app.current_user_id(); the API fills
     # it from the token, never from a request body. First in the primary key, which every
     # foreign key to a task names, so that no row of one user can point at another's.
-    user_id: str = Field(sa_column=Column(String(255), primary_key=True))
-    id: int | None = Field(
-        default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True)
-    )
+    user_id: str = _owner_column()
+    id: int | None = _identity_column()
     title: str = Field(sa_column=Column(String(TITLE_MAX), nullable=False))
     description: str | None = Field(default=None, sa_column=Column(String(DESCRIPTION_MAX)))
     completed: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
@@ -184,14 +202,8 @@ class Task(SQLModel, table=True):
     )
     recurrence_day: int | None = Field(default=None, sa_column=Column(SmallInteger))
     next_task_id: int | None = Field(default=None, sa_column=Column(BigInteger))
-    created_at: datetime | None = Field(
-        default=None,
-        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
-    )
-    updated_at: datetime | None = Field(
-        default=None,
-        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
-    )
+    created_at: datetime | None = _timestamp_column()
+    updated_at: datetime | None = _timestamp_column()
 
 
 class Tag(SQLModel, table=True):
@@ -199,16 +211,11 @@ class Tag(SQLModel, table=True):
 
     __tablename__ = "tags"
 
-    user_id: str = Field(sa_column=Column(String(255), primary_key=True))
-    id: int | None = Field(
-        default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True)
-    )
+    user_id: str = _owner_column()
+    id: int | None = _identity_column()
     name: str = Field(sa_column=Column(String(TAG_MAX), nullable=False))
     folded: str = Field(sa_column=Column(String(TAG_FOLDED_MAX), nullable=False))
-    created_at: datetime | None = Field(
-        default=None,
-        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
-    )
+    created_at: datetime | None = _timestamp_column()
 
 
 class TaskTag(SQLModel, table=True):
@@ -216,7 +223,7 @@ class TaskTag(SQLModel, table=True):
 
     __tablename__ = "task_tags"
 
-    user_id: str = Field(sa_column=Column(String(255), primary_key=True))
+    user_id: str = _owner_column()
     task_id: int = Field(sa_column=Column(BigInteger, primary_key=True))
     tag_id: int = Field(sa_column=Column(BigInteger, primary_key=True))
 
@@ -226,21 +233,13 @@ class Conversation(SQLModel, table=True):
 
     __tablename__ = "conversations"
 
-    user_id: str = Field(sa_column=Column(String(255), primary_key=True))
-    id: int | None = Field(
-        default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True)
-    )
+    user_id: str = _owner_column()
+    id: int | None = _identity_column()
     title: str = Field(sa_column=Column(String(CONVERSATION_TITLE_MAX), nullable=False))
-    created_at: datetime | None = Field(
-        default=None,
-        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
-    )
+    created_at: datetime | None = _timestamp_column()
     # When the conversation was last active (the chat touches it): the list shows the most
     # recently active first.
-    updated_at: datetime | None = Field(
-        default=None,
-        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
-    )
+    updated_at: datetime | None = _timestamp_column()
 
 
 class Message(SQLModel, table=True):
@@ -248,10 +247,8 @@ class Message(SQLModel, table=True):
 
     __tablename__ = "messages"
 
-    user_id: str = Field(sa_column=Column(String(255), primary_key=True))
-    id: int | None = Field(
-        default=None, sa_column=Column(BigInteger, Identity(always=True), primary_key=True)
-    )
+    user_id: str = _owner_column()
+    id: int | None = _identity_column()
     conversation_id: int = Field(sa_column=Column(BigInteger, nullable=False))
     role: str = Field(
         sa_column=Column(Enum(*MESSAGE_ROLES, name="message_role", create_type=False), nullable=False)
@@ -260,10 +257,7 @@ class Message(SQLModel, table=True):
     # None is SQL NULL, not JSON null (which the messages_tool_calls_array check refuses).
     tool_calls: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSONB(none_as_null=True)))
     failure: str | None = Field(default=None, sa_column=Column(String(40)))
-    created_at: datetime | None = Field(
-        default=None,
-        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now()),
-    )
+    created_at: datetime | None = _timestamp_column()
 
 
 # Request bodies refuse fields they do not name (so `user_id` and `id` in a body are a
@@ -416,7 +410,7 @@ class Account(SQLModel, table=True):
 
     __tablename__ = "accounts"
 
-    user_id: str = Field(sa_column=Column(String(255), primary_key=True))
+    user_id: str = _owner_column()
     email: str = Field(sa_column=Column(String(320), nullable=False))
     name: str = Field(sa_column=Column(String(200), nullable=False))
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))

@@ -11,6 +11,7 @@ REST, and the rows it stored as the superuser.
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ from fastapi import FastAPI
 from app.config import Settings
 from tests.conftest import DbUrls, http_client, make_settings, running_app
 from tests.fake_provider import API_KEY, FakeProvider, Step, call, fake_provider, say
+from tests.live_server import live_server
 from tests.tokens import auth
 
 CHAT = "/api/{}/chat"
@@ -293,6 +295,13 @@ async def provider_client(provider_app: FastAPI) -> AsyncIterator[httpx.AsyncCli
         yield client
 
 
+def conversation_text(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """What the model was given of the conversation in words: its users' and its own."""
+    return [
+        (m["role"], m["content"]) for m in messages if m["role"] in ("user", "assistant") and m.get("content")
+    ]
+
+
 def tool_names(request: dict[str, Any]) -> set[str]:
     return {tool["function"]["name"] for tool in request.get("tools", [])}
 
@@ -527,11 +536,7 @@ async def test_a_conversation_continues_on_another_instance_and_after_a_restart(
         response = await send(client, "is it there?", conversation_id=conversation)
         assert response.status_code == 200, response.text
     messages = provider.requests[0]["messages"]
-    said = [
-        (m["role"], m.get("content"))
-        for m in messages
-        if m["role"] in ("user", "assistant") and m.get("content")
-    ]
+    said = conversation_text(messages)
     assert said == [
         ("user", "add it"),
         ("assistant", "Added."),
@@ -635,3 +640,30 @@ async def test_a_streaming_client_that_leaves_still_gets_its_exchange_stored(
             await asyncio.sleep(0.05)
     assert rows == [("user",), ("tool",), ("assistant",)]
     assert admin.execute("select content from messages where role = 'assistant'").fetchone() == ("Done.",)
+
+
+def test_a_conversation_continues_after_the_process_restarts(
+    db_url: DbUrls, provider: FakeProvider, tmp_path: Path
+) -> None:
+    """The same, with `uvicorn` processes: one serves the first message and is stopped
+    (SIGTERM), a new one serves the next."""
+    settings = provider_settings(db_url, provider)
+    headers = auth("alice")
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+    with live_server(settings, tmp_path / "first") as server:
+        provider.script(call("add_task", {"title": "Outlive the process"}), say("Added."))
+        first = httpx.post(
+            f"{server.base_url}{chat_url()}", json={"message": "add it"}, headers=headers, timeout=30
+        )
+        assert first.status_code == 200, first.text
+    conversation = first.json()["conversation_id"]
+    with live_server(settings, tmp_path / "second") as server:
+        provider.script(say("It is there."))
+        body = {"message": "is it there?", "conversation_id": conversation}
+        second = httpx.post(f"{server.base_url}{chat_url()}", json=body, headers=headers, timeout=30)
+        assert second.status_code == 200, second.text
+    messages = provider.requests[0]["messages"]
+    said = conversation_text(messages)
+    assert said == [("user", "add it"), ("assistant", "Added."), ("user", "is it there?")]
+    assert any(m["role"] == "tool" and "Outlive the process" in m["content"] for m in messages)
