@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 
 from app.config import OWNER_ROLE, RUNTIME_ROLE
 from app.database import ROLE_FACTS, Problem, libpq_url, unsafe_role_problems
-from app.policies import drift, existence_leaks, live_state, policy_files
+from app.policies import drift, existence_leaks, live_state, not_distributable, policy_files
 
 # ROLE_FACTS is written for SQLAlchemy (the start-up check runs it on asyncpg); compiled
 # for psycopg it takes %(role)s, with the % in its format() strings escaped.
@@ -101,6 +101,10 @@ def gather(conn: psycopg.Connection) -> Report:
     report.problems += [
         Problem("existence_leak", f"{leak}: its errors can reveal other users' rows")
         for leak in existence_leaks(conn)
+    ]
+    report.problems += [
+        Problem("not_distributable", f"{key}: the table cannot be sharded by user_id")
+        for key in not_distributable(conn)
     ]
 
     report.runtime_role, role_problems = _runtime_role(conn)

@@ -131,6 +131,41 @@ order by 1
 """
 
 
+# What a distributed PostgreSQL (Citus) needs to shard the tables of user data by user_id
+# and keep each user's rows together (docs/scale-out.md, issue 14): user_id in the primary
+# key and in every unique index, whoever can write the other columns (a unique index on
+# a database-assigned id alone leaks nothing, but cannot be enforced across shards). The
+# foreign keys are existence_leaks's: one that does not pair user_id is reported there.
+# Built-in accounts are left out: log-in finds an account by its email, across users, so
+# they stay whole on one node (a Citus local table); their keys are by email.
+UNSHARDED_TABLES = ("accounts", "account_passwords")
+_NOT_DISTRIBUTABLE = """
+with user_tables as (
+  select c.oid, a.attnum as user_col
+  from pg_class c join pg_attribute a on a.attrelid = c.oid
+  where a.attname = 'user_id' and not a.attisdropped and c.relkind in ('r', 'p')
+    and c.relnamespace = 'public'::regnamespace
+    and c.relname <> all(%(unsharded)s)
+)
+select format('%%s has no primary key', t.oid::regclass)
+from user_tables t
+where not exists (select from pg_index x where x.indrelid = t.oid and x.indisprimary)
+union all
+select format('%%s key %%s on %%s does not include user_id',
+              case when x.indisprimary then 'primary' else 'unique' end,
+              x.indexrelid::regclass, x.indrelid::regclass)
+from pg_index x join user_tables t on t.oid = x.indrelid
+where x.indisunique and not t.user_col = any(x.indkey)
+order by 1
+"""
+
+
+def not_distributable(conn: psycopg.Connection) -> list[str]:
+    """Keys of user-data tables that would keep them from being sharded by user_id."""
+    rows = conn.execute(_NOT_DISTRIBUTABLE, {"unsharded": list(UNSHARDED_TABLES)}).fetchall()
+    return [message for (message,) in rows]
+
+
 def existence_leaks(conn: psycopg.Connection) -> list[str]:
     """Constraints whose errors could reveal another user's rows; empty when none."""
     rows = conn.execute(_EXISTENCE_LEAKS, {"runtime": RUNTIME_ROLE}).fetchall()

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from app.audit import audit_database
 from app.cli import cli
 from app.config import OWNER_ROLE, RUNTIME_ROLE
+from app.policies import not_distributable
 from tests.conftest import DbUrls, Server
 
 POLICIES = ["tasks_delete_own", "tasks_insert_own", "tasks_select_own", "tasks_update_own"]
@@ -149,7 +150,9 @@ def test_a_policy_edited_live_is_named_with_what_changed(
 def test_a_new_table_of_user_data_without_rls_is_a_problem(
     db_url: DbUrls, admin_conn: psycopg.Connection
 ) -> None:
-    admin_conn.execute("create table notes (id bigint primary key, user_id text not null, body text)")
+    admin_conn.execute(
+        "create table notes (id bigint, user_id text not null, body text, primary key (user_id, id))"
+    )
     # As a migration would leave it: owned by the owner role, so drift is still checked.
     admin_conn.execute(f"alter table notes owner to {OWNER_ROLE}")
     exit_code, document = audit_json("--database-url", db_url.owner)
@@ -265,5 +268,33 @@ def test_a_constraint_that_leaks_existence_is_a_problem(
 ) -> None:
     admin_conn.execute("create unique index tasks_title_key on tasks (title)")
     report = audit_database(db_url.owner)
-    assert [p.code for p in report.problems] == ["existence_leak"]
-    assert "tasks_title_key" in report.problems[0].message
+    # Both: its 409 would tell of another user's title, and no sharded table can hold it.
+    assert sorted(p.code for p in report.problems) == ["existence_leak", "not_distributable"]
+    assert all("tasks_title_key" in p.message for p in report.problems)
+
+
+def test_the_tables_of_user_data_can_be_sharded_by_user_id(admin_conn: psycopg.Connection) -> None:
+    """Every primary key and unique index of a table with user_id includes it (issue 14:
+    the tables can be distributed, and colocated, by user_id)."""
+    assert not_distributable(admin_conn) == []
+
+
+def test_keys_that_would_keep_a_table_from_being_sharded_are_problems(
+    admin_conn: psycopg.Connection, db_url: DbUrls
+) -> None:
+    # A unique index on the database-assigned id alone leaks nothing (the runtime role
+    # cannot choose an id), so it is no existence leak; no shard can enforce it, though.
+    admin_conn.execute("create unique index tasks_id_key on tasks (id)")
+    admin_conn.execute(
+        "create table notes (id bigint generated always as identity primary key,"
+        " user_id varchar(255) not null)"
+    )
+    admin_conn.execute("create table drafts (user_id varchar(255) not null, body text)")
+    assert not_distributable(admin_conn) == [
+        "drafts has no primary key",
+        "primary key notes_pkey on notes does not include user_id",
+        "unique key tasks_id_key on tasks does not include user_id",
+    ]
+    report = audit_database(db_url.owner)
+    flagged = [p.message for p in report.problems if p.code == "not_distributable"]
+    assert len(flagged) == 3 and all("cannot be sharded by user_id" in message for message in flagged)
