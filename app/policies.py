@@ -97,18 +97,25 @@ def drift(conn: psycopg.Connection) -> dict[str, dict[str, tuple[Any, Any]]]:
     return differences
 
 
+# The tables of user data (those with a user_id column), with that column's number.
+_USER_TABLES = """
+with user_tables as (
+  select c.oid, c.relname, a.attnum as user_col
+  from pg_class c join pg_attribute a on a.attrelid = c.oid
+  where a.attname = 'user_id' and not a.attisdropped and c.relkind in ('r', 'p')
+    and c.relnamespace = 'public'::regnamespace
+)
+"""
+
 # Uniqueness and foreign-key checks see every row, whatever row-level security says, so
 # their errors can tell a user that another user's row exists. On a table of user data,
 # a unique index must include user_id (then it only ever compares a user's own rows),
 # unless the runtime role cannot write any of its columns (an id the database assigns);
 # and a foreign key between such tables must carry user_id on both sides.
-_EXISTENCE_LEAKS = """
-with user_tables as (
-  select c.oid, a.attnum as user_col
-  from pg_class c join pg_attribute a on a.attrelid = c.oid
-  where a.attname = 'user_id' and not a.attisdropped and c.relkind in ('r', 'p')
-    and c.relnamespace = 'public'::regnamespace
-)
+# Constants joined: no value of anyone's is formatted into them.
+_EXISTENCE_LEAKS = (
+    _USER_TABLES  # noqa: S608
+    + """
 select format('unique index %%s on %%s does not include user_id',
               x.indexrelid::regclass, x.indrelid::regclass)
 from pg_index x join user_tables t on t.oid = x.indrelid
@@ -129,6 +136,7 @@ where f.contype = 'f'
     where k.src_col = src.user_col and k.dst_col = dst.user_col)
 order by 1
 """
+)
 
 
 # What a distributed PostgreSQL (Citus) needs to shard the tables of user data by user_id
@@ -139,25 +147,22 @@ order by 1
 # Built-in accounts are left out: log-in finds an account by its email, across users, so
 # they stay whole on one node (a Citus local table); their keys are by email.
 UNSHARDED_TABLES = ("accounts", "account_passwords")
-_NOT_DISTRIBUTABLE = """
-with user_tables as (
-  select c.oid, a.attnum as user_col
-  from pg_class c join pg_attribute a on a.attrelid = c.oid
-  where a.attname = 'user_id' and not a.attisdropped and c.relkind in ('r', 'p')
-    and c.relnamespace = 'public'::regnamespace
-    and c.relname <> all(%(unsharded)s)
-)
+_NOT_DISTRIBUTABLE = (
+    _USER_TABLES  # noqa: S608
+    + """,
+sharded as (select oid, user_col from user_tables where relname <> all(%(unsharded)s))
 select format('%%s has no primary key', t.oid::regclass)
-from user_tables t
+from sharded t
 where not exists (select from pg_index x where x.indrelid = t.oid and x.indisprimary)
 union all
 select format('%%s key %%s on %%s does not include user_id',
               case when x.indisprimary then 'primary' else 'unique' end,
               x.indexrelid::regclass, x.indrelid::regclass)
-from pg_index x join user_tables t on t.oid = x.indrelid
+from pg_index x join sharded t on t.oid = x.indrelid
 where x.indisunique and not t.user_col = any(x.indkey)
 order by 1
 """
+)
 
 
 def not_distributable(conn: psycopg.Connection) -> list[str]:
