@@ -83,12 +83,16 @@ def _touch_sql() -> str:
 
 
 def _add_sql() -> str:
-    """A message in the caller's conversation $2, role $3, content $4, tool calls $5 (JSON
-    text or null); nothing when the caller has no such conversation."""
+    """Messages in the caller's conversation $2, in order: roles $3, contents $4, tool
+    calls $5 (JSON text or null), one array element a message; nothing when the caller
+    has no such conversation. Ids are drawn in the messages' order."""
     return (
         "insert into public.messages (user_id, conversation_id, role, content, tool_calls)"  # noqa: S608
-        " select c.user_id, c.id, $3::text::public.message_role, $4::text, $5::text::jsonb"
-        f" from public.conversations c where {_owner('c')} and c.id = $2"
+        " select c.user_id, c.id, m.role::public.message_role, m.content, m.tool_calls::jsonb"
+        f" from public.conversations c,"
+        " unnest($3::text[], $4::text[], $5::text[]) with ordinality m(role, content, tool_calls, n)"
+        f" where {_owner('c')} and c.id = $2"
+        " order by m.n"
         " returning id"
     )
 
@@ -171,11 +175,28 @@ async def add_message(
 ) -> int:
     """Adds a message to the caller's conversation; its id. NotFound if the caller has no
     such conversation. `role`: user, assistant or tool (the database refuses others)."""
-    calls = None if tool_calls is None else json.dumps(tool_calls, ensure_ascii=False, separators=(",", ":"))
-    message_id = await connection.fetchval(_add_sql(), subject, conversation_id, role, content, calls)
-    if message_id is None:
+    return (await add_messages(connection, subject, conversation_id, [(role, content, tool_calls)]))[-1]
+
+
+async def add_messages(
+    connection: Connection,
+    subject: str,
+    conversation_id: int,
+    messages: list[tuple[str, str, list[dict[str, Any]] | None]],
+) -> list[int]:
+    """Adds messages (role, content, tool calls) to the caller's conversation in one
+    statement, in order; their ids, ascending. NotFound if the caller has no such
+    conversation."""
+    roles = [role for role, _, _ in messages]
+    contents = [content for _, content, _ in messages]
+    calls = [
+        None if tool_calls is None else json.dumps(tool_calls, ensure_ascii=False, separators=(",", ":"))
+        for _, _, tool_calls in messages
+    ]
+    rows = await connection.fetch(_add_sql(), subject, conversation_id, roles, contents, calls)
+    if not rows:
         raise NotFound(CONVERSATION_NOT_FOUND)
-    return cast(int, message_id)
+    return sorted(cast(int, row[0]) for row in rows)
 
 
 async def mark_failed(connection: Connection, subject: str, message_id: int, failure: str) -> None:
