@@ -20,7 +20,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
-from fastapi import APIRouter, Depends, Header, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -148,32 +148,31 @@ class _Exchange:
             )
         return [*_history_items(history), {"role": "user", "content": self.body.message}]
 
-    async def _store_calls(self, connection: Any, calls: list[ToolCall]) -> None:
-        for call in calls:
-            await service.add_message(
-                connection,
-                self.subject,
-                self.conversation_id,
-                "tool",
-                call.output,
-                [{"id": call.call_id, "name": call.name, "arguments": call.arguments}],
-            )
+    @staticmethod
+    def _call_rows(calls: list[ToolCall]) -> list[tuple[str, str, list[dict[str, Any]] | None]]:
+        """Each tool call as a `tool` message: the tool's answer, and the call it answers."""
+        return [
+            ("tool", call.output, [{"id": call.call_id, "name": call.name, "arguments": call.arguments}])
+            for call in calls
+        ]
 
     async def finish(self, reply: Reply) -> int:
-        """The second transaction: the tool calls and the reply; the reply's id."""
+        """The second transaction: the tool calls and the reply, in one statement; the
+        reply's id."""
+        rows = [*self._call_rows(reply.tool_calls), ("assistant", reply.text, None)]
         async with self.sessions.connection(self.subject) as connection:
             await service.touch_conversation(connection, self.subject, self.conversation_id)
-            await self._store_calls(connection, reply.tool_calls)
-            return await service.add_message(
-                connection, self.subject, self.conversation_id, "assistant", reply.text
-            )
+            ids = await service.add_messages(connection, self.subject, self.conversation_id, rows)
+        return ids[-1]
 
     async def fail(self, failure: ProviderFailed) -> None:
         """The second transaction after a failed run: its tool calls (their changes are
         made), and the message marked failed."""
+        rows = self._call_rows(failure.tool_calls)
         async with self.sessions.connection(self.subject) as connection:
             await service.touch_conversation(connection, self.subject, self.conversation_id)
-            await self._store_calls(connection, failure.tool_calls)
+            if rows:
+                await service.add_messages(connection, self.subject, self.conversation_id, rows)
             await service.mark_failed(connection, self.subject, self.message_id, failure.failure)
 
     async def run(self, items: list[dict[str, Any]], events: asyncio.Queue[Any]) -> Reply:
@@ -192,9 +191,10 @@ class _Exchange:
         return reply
 
 
-def _failed(failure: ProviderFailed) -> JSONResponse:
+def _failed(failure: ProviderFailed) -> HTTPException:
+    """The error answer (app/errors.py writes it) for a run the provider failed."""
     headers = {"Retry-After": str(failure.retry_after)} if failure.retry_after else None
-    return JSONResponse({"detail": failure.detail}, status_code=failure.status_code, headers=headers)
+    return HTTPException(failure.status_code, failure.detail, headers=headers)
 
 
 def _event(name: str, data: object) -> str:
@@ -241,7 +241,7 @@ async def chat(
         try:
             reply = await asyncio.shield(run)
         except ProviderFailed as failure:
-            return _failed(failure)
+            raise _failed(failure) from None
         return JSONResponse(
             {
                 "conversation_id": exchange.conversation_id,
