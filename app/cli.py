@@ -27,7 +27,8 @@ from app.config import HMAC_ALGORITHMS, Settings
 from app.database import migrations_url
 from app.keys import SigningKey
 from app.logs import configure_logging
-from app.migrate import install_context_key, upgrade
+from app.migrate import context_keys, install_context_key, retire_context_keys, upgrade
+from app.session import context_key_id
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -87,15 +88,27 @@ def _database(settings: Settings) -> Iterator[Settings]:
     if not settings.embedded:
         owner_url = migrations_url(settings)
         upgrade(owner_url)
-        install_context_key(owner_url, context_key)
+        _add_context_key(owner_url, context_key)
         yield settings
         return
     with _embedded_server(settings.data_dir) as db:
         upgrade(db.owner_url)
-        install_context_key(db.owner_url, context_key)
+        _add_context_key(db.owner_url, context_key)
         yield settings.model_copy(
             update={"database_url": db.runtime_url, "migrations_database_url": db.owner_url}
         )
+
+
+def _add_context_key(owner_url: str, key: bytes) -> None:
+    """Add RLS_CONTEXT_KEY's key to those the database accepts, saying so when it is new
+    and others are still accepted (a rotation under way)."""
+    if install_context_key(owner_url, key):
+        others = [k.kid for k in context_keys(owner_url) if k.kid != context_key_id(key)]
+        if others:
+            err.print(
+                f"Context key {context_key_id(key)} added; still accepted: {', '.join(others)}"
+                " (`todo-api context-keys retire` once every instance signs with the new key)."
+            )
 
 
 @contextmanager
@@ -320,6 +333,87 @@ def audit(
     else:
         print_report(report, Console())
     raise typer.Exit(0 if report.ok else 1)
+
+
+context_keys_cli = typer.Typer(
+    help="The keys the database accepts the user context under: list, add, retire "
+    '(docs/deploy.md, "Rotating the context key").',
+    no_args_is_help=True,
+)
+cli.add_typer(context_keys_cli, name="context-keys")
+
+
+@contextmanager
+def _owner_url(settings: Settings) -> Iterator[str]:
+    """The owner's URL, as `migrate` and `audit` use it (the embedded server's, started
+    for the command, when DATABASE_URL is unset)."""
+    if settings.embedded:
+        with _embedded_server(settings.data_dir) as db:
+            yield db.owner_url
+    else:
+        yield migrations_url(settings)
+
+
+def _current_key_id(settings: Settings) -> str:
+    settings = _with_secrets(settings, "rls_context_key")
+    assert settings.rls_context_key is not None
+    return context_key_id(settings.rls_context_key.get_secret_value().encode())
+
+
+@context_keys_cli.command("list")
+def list_context_keys() -> None:
+    """Print the ids of the keys the database accepts, oldest first; `*` marks RLS_CONTEXT_KEY's."""
+    settings = _load_settings()
+    current = _current_key_id(settings)
+    with _owner_url(settings) as url:
+        keys = context_keys(url)
+    for key in keys:
+        mark = "*" if key.kid == current else " "
+        print(f"{mark} {key.kid}  added {key.added_at.isoformat(timespec='seconds')}")
+    if current not in {key.kid for key in keys}:
+        err.print(f"RLS_CONTEXT_KEY's key ({current}) is not among them: `todo-api context-keys add`.")
+
+
+@context_keys_cli.command("add")
+def add_context_key() -> None:
+    """Add RLS_CONTEXT_KEY's key to those the database accepts; the others stay."""
+    settings = _load_settings()
+    current = _current_key_id(settings)
+    settings = _with_secrets(settings, "rls_context_key")
+    assert settings.rls_context_key is not None
+    with _owner_url(settings) as url:
+        added = install_context_key(url, settings.rls_context_key.get_secret_value().encode())
+    err.print(f"Context key {current} {'added' if added else 'was already accepted'}.")
+
+
+@context_keys_cli.command("retire")
+def retire(
+    kids: Annotated[
+        list[str] | None,
+        typer.Argument(help="Ids of the keys to retire (default: every key but RLS_CONTEXT_KEY's)"),
+    ] = None,
+) -> None:
+    """Delete keys: contexts signed with them verify no more, from the next statement on.
+    Every instance must sign with RLS_CONTEXT_KEY's key first (its /readyz says so)."""
+    settings = _load_settings()
+    current = _current_key_id(settings)
+    if kids and current in kids:
+        err.print(f"[red]error:[/red] {current} is RLS_CONTEXT_KEY's key, the one to sign with; not retired")
+        raise typer.Exit(1)
+    with _owner_url(settings) as url:
+        accepted = [key.kid for key in context_keys(url)]
+        if current not in accepted:
+            err.print(
+                f"[red]error:[/red] RLS_CONTEXT_KEY's key ({current}) is not accepted yet: "
+                "retiring the others would leave none; `todo-api context-keys add` first"
+            )
+            raise typer.Exit(1)
+        unknown = sorted(set(kids or []) - set(accepted))
+        if unknown:
+            err.print(f"[red]error:[/red] no such context key: {', '.join(unknown)}")
+            raise typer.Exit(1)
+        retired = retire_context_keys(url, kids or [kid for kid in accepted if kid != current])
+    err.print(f"Retired: {', '.join(retired) or 'none'}.")
 
 
 def main() -> None:

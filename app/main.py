@@ -1,7 +1,5 @@
 """The application factory: assembles settings, token verification, the database and routes."""
 
-import hashlib
-import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -106,9 +104,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.rls_context_key is None:
         raise ValueError("RLS_CONTEXT_KEY is not set")
     context_key = settings.rls_context_key.get_secret_value().encode()
-    # The key of the tasks' ETags (app/routes/tasks.py): derived, so that no ETag is an
-    # HMAC under the context key itself.
-    etag_key = hmac.new(context_key, b"todo-api etag", hashlib.sha256).digest()
     allowed_hosts = settings.allowed_host_patterns()
     signing_key = None
     if settings.accounts:
@@ -124,6 +119,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await check_runtime_role(engine)
             sessions = UserSessions(engine, context_key, settings.rls_context_ttl, settings.db_lock_timeout)
             await sessions.check_context_key()
+            # The key of the tasks' ETags (app/routes/tasks.py): the database's, the same
+            # for every instance whichever context key it signs with.
+            app.state.etag_key = await sessions.etag_key()
             app.state.engine = engine
             app.state.user_sessions = sessions
             # Made here, not at import: a Redis client belongs to the serving event loop.
@@ -152,7 +150,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.etag_key = etag_key
     app.state.token_verifier = token_verifier
     app.state.signing_key = signing_key
     install_error_handlers(app)

@@ -5,11 +5,13 @@ One transaction per request. Its first statement sets, for that transaction only
 
 - app.user_id       the verified subject;
 - app.user_expires  a Unix time shortly ahead;
-- app.user_sig      HMAC-SHA256 of "user_id|expires" under the context key.
+- app.user_sig      HMAC-SHA256 of "user_id|expires" under the context key;
+- app.user_kid      the key's id (context_key_id), which names it among the keys the
+                    database accepts (more than one while the key is rotated).
 
 app.current_user_id() (sql/functions.sql), which every policy calls, returns the user
-only when the signature matches under the key that only the owner role can read, and
-the expiry has not passed. So SQL running as the runtime role (an injection, say) cannot
+only when the signature matches under the named key, which only the owner role can
+read, and the expiry has not passed. So SQL running as the runtime role (an injection, say) cannot
 make itself another user by calling set_config: it cannot sign, and a value copied from
 an earlier transaction goes stale. When the transaction ends the settings are gone, so a
 pooled connection (or a PgBouncer server connection) carries no user into the next one.
@@ -30,6 +32,7 @@ from typing import Annotated, Any, cast
 
 import asyncpg
 from fastapi import Depends, Request
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.util import greenlet_spawn
 
@@ -44,7 +47,8 @@ SET_CONTEXT = (
     "select set_config('app.user_id', $1, true),"
     " set_config('app.user_expires', $2, true),"
     " set_config('app.user_sig', $3, true),"
-    " set_config('lock_timeout', $4, true)"
+    " set_config('lock_timeout', $4, true),"
+    " set_config('app.user_kid', $5, true)"
 )
 # How a request's transaction ends: COMMIT or ROLLBACK, and in the same message (the
 # simple query protocol: no prepared statement involved, and behind PgBouncer the same
@@ -100,6 +104,12 @@ def sign_context(key: bytes, user_id: str, expires: int) -> str:
     return hmac.new(key, f"{user_id}|{expires}".encode(), hashlib.sha256).hexdigest()
 
 
+def context_key_id(key: bytes) -> str:
+    """The id of a context key, as sql/functions.sql derives it from the stored key: it
+    names the key among those the database accepts, and reveals nothing of it."""
+    return hmac.new(key, b"todo-api context key id", hashlib.sha256).hexdigest()[:16]
+
+
 class UserSessions:
     """Opens transactions that act for one user: the request path and the tests use the same."""
 
@@ -109,13 +119,15 @@ class UserSessions:
         self.engine = engine
         self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
         self._key = context_key
+        self.key_id = context_key_id(context_key)
         self._ttl = context_ttl
         self._lock_timeout = f"{max(1, round(lock_timeout * 1000))}ms"
 
-    def context(self, user_id: str) -> tuple[str, str, str, str]:
+    def context(self, user_id: str) -> tuple[str, str, str, str, str]:
         """SET_CONTEXT's parameters that make a transaction act for `user_id`."""
         expires = int(time.time()) + self._ttl
-        return user_id, str(expires), sign_context(self._key, user_id, expires), self._lock_timeout
+        signature = sign_context(self._key, user_id, expires)
+        return user_id, str(expires), signature, self._lock_timeout, self.key_id
 
     @asynccontextmanager
     async def connection(self, user_id: str) -> AsyncIterator[asyncpg.Connection]:
@@ -173,16 +185,25 @@ class UserSessions:
             yield session
 
     async def check_context_key(self) -> None:
-        """Refuse to serve when the database would not accept this service's contexts
-        (no key installed, or another one): every request would see nothing."""
+        """Raise ContextKeyMismatch when the database does not accept this service's
+        contexts (its key was never added, or was retired): every request would see
+        nothing. At start-up (the service refuses to serve) and in /readyz (a balancer
+        stops sending it requests)."""
         async with self.connection(_PROBE_USER) as connection:
             seen = await connection.fetchval("select app.current_user_id()")
         if seen != _PROBE_USER:
             raise ContextKeyMismatch(
-                "refusing to start: the database does not accept this service's user context: "
-                "its context key differs from RLS_CONTEXT_KEY, or none is installed; run "
-                "`todo-api migrate` with the same RLS_CONTEXT_KEY"
+                f"the database does not accept this service's user context: the key of "
+                f"RLS_CONTEXT_KEY (id {self.key_id}) is not among its context keys; add it with "
+                "`todo-api context-keys add` (or `todo-api migrate`) and the same RLS_CONTEXT_KEY"
             )
+
+    async def etag_key(self) -> bytes:
+        """The key of the tasks' ETags, the same for every instance (app.etag_key)."""
+        async with self.anonymous() as session:
+            key = await session.scalar(text("select key from app.etag_key"))
+        assert isinstance(key, bytes)
+        return key
 
 
 async def _release(pooled: Any, reusable: bool) -> None:

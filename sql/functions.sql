@@ -4,17 +4,24 @@
 -- app/session.py starts each request's transaction with
 --   select set_config('app.user_id', $1, true),
 --          set_config('app.user_expires', $2, true),
---          set_config('app.user_sig', $3, true)
--- where user_sig = hex(HMAC-SHA256(key, user_id || '|' || user_expires)) and
--- user_expires is a Unix time shortly ahead. The key is kept in app.context_key, which
--- only todo_owner can read; app.current_user_id() runs as its owner (SECURITY DEFINER)
--- to check the signature. So the runtime role, which can call set_config as it likes,
--- cannot name another user (it cannot sign), nor replay a value once it expired, even
--- inside a transaction that began before the expiry.
+--          set_config('app.user_sig', $3, true),
+--          set_config('lock_timeout', $4, true),
+--          set_config('app.user_kid', $5, true)
+-- where user_sig = hex(HMAC-SHA256(key, user_id || '|' || user_expires)), user_expires
+-- is a Unix time shortly ahead, and user_kid names the key. The keys are kept in
+-- app.context_keys, which only todo_owner can read; app.current_user_id() runs as its
+-- owner (SECURITY DEFINER) to check the signature. So the runtime role, which can call
+-- set_config as it likes, cannot name another user (it cannot sign), nor replay a value
+-- once it expired, even inside a transaction that began before the expiry.
+--
+-- More than one key is accepted while the key is rotated (docs/deploy.md, "Rotating the
+-- context key"): the owner adds the new key, the instances move to it one by one, and
+-- the old key is deleted; from the next statement on, contexts signed with it verify
+-- no more.
 --
 -- A setting never set reads as NULL, one set in an earlier transaction reads as '':
--- either way, and for a bad signature or a past expiry, the function returns NULL,
--- which matches no row: a missing or forged context fails closed.
+-- either way, and for a bad signature, an unknown key id or a past expiry, the function
+-- returns NULL, which matches no row: a missing or forged context fails closed.
 -- Policies call it as (select app.current_user_id()): once per statement, and the
 -- planner can use the (user_id, ...) indexes.
 --
@@ -22,15 +29,34 @@
 
 create schema if not exists app;
 
--- HMAC (RFC 2104) with SHA-256, its key stored as the inner and outer padded keys
+-- HMAC (RFC 2104) with SHA-256, each key stored as the inner and outer padded keys
 -- ((key padded to 64 bytes) xor 0x36.., xor 0x5c..), so that checking needs no more
--- than two sha256() calls. `todo-api migrate` installs it from RLS_CONTEXT_KEY.
-create table if not exists app.context_key (
-  singleton boolean primary key default true check (singleton),
+-- than two sha256() calls. `todo-api migrate` and `todo-api context-keys add` install
+-- the key of RLS_CONTEXT_KEY; `todo-api context-keys retire` deletes the others. A key's
+-- id is the first 16 hex digits of HMAC-SHA256(key, 'todo-api context key id'): the
+-- service and this file derive the same id from the same key, and it says nothing of it.
+create table if not exists app.context_keys (
+  kid text primary key check (kid ~ '^[0-9a-f]{16}$'),
   inner_key bytea not null check (length(inner_key) = 64),
-  outer_key bytea not null check (length(outer_key) = 64)
+  outer_key bytea not null check (length(outer_key) = 64),
+  added_at timestamptz not null default now()
 );
-revoke all on app.context_key from public;
+revoke all on app.context_keys from public;
+
+-- Before key ids (revision 0010) the one key was in app.context_key: it moves here,
+-- under its id, and instances that still sign without an id keep working (below).
+do $$
+begin
+  if to_regclass('app.context_key') is not null then
+    insert into app.context_keys (kid, inner_key, outer_key)
+    select left(encode(sha256(outer_key || sha256(inner_key || convert_to('todo-api context key id', 'UTF8'))), 'hex'), 16),
+           inner_key, outer_key
+    from app.context_key
+    on conflict (kid) do nothing;
+    drop table app.context_key;
+  end if;
+end
+$$;
 
 create or replace function app.current_user_id()
 returns text
@@ -44,9 +70,13 @@ as $$
   from (
     select nullif(current_setting('app.user_id', true), '') as user_id,
            current_setting('app.user_expires', true) as expires,
-           current_setting('app.user_sig', true) as sig
+           current_setting('app.user_sig', true) as sig,
+           nullif(current_setting('app.user_kid', true), '') as kid
   ) ctx
-  cross join app.context_key k
+  -- The key the context names. A context without a key id (signed by a release before
+  -- key ids, during the upgrade) is checked against each accepted key: it still needs
+  -- a signature one of them made.
+  join app.context_keys k on k.kid = ctx.kid or ctx.kid is null
   where ctx.expires ~ '^[0-9]{1,12}$'
     -- The statement's start, not the transaction's (now()): a context expires inside a
     -- transaction that is kept open past its expiry too.
@@ -54,6 +84,7 @@ as $$
     and ctx.sig = encode(
           sha256(k.outer_key || sha256(k.inner_key || convert_to(ctx.user_id || '|' || ctx.expires, 'UTF8'))),
           'hex')
+  limit 1
 $$;
 
 comment on function app.current_user_id() is
@@ -106,3 +137,19 @@ comment on function app.end_request() is
 
 revoke all on function app.end_request() from public;
 grant execute on function app.end_request() to todo_app;
+
+-- The key of the tasks' ETags (app/routes/tasks.py), made once here so that every
+-- instance has the same one, whatever its RLS_CONTEXT_KEY: an ETag one instance gave
+-- matches on every other, during a rotation of the context key too. It hides the row
+-- version (xmin, a counter of every user's transactions) from HTTP clients; the
+-- runtime role may read it, as it may read xmin itself.
+create table if not exists app.etag_key (
+  singleton boolean primary key default true check (singleton),
+  key bytea not null check (length(key) = 32)
+);
+-- 244 random bits (two version-4 UUIDs, from the server's strong random source).
+insert into app.etag_key (key)
+values (sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())))
+on conflict (singleton) do nothing;
+revoke all on app.etag_key from public;
+grant select on app.etag_key to todo_app;

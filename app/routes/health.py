@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from app.auth import TokenVerifier
 from app.paths import MIGRATIONS_DIR
+from app.session import ContextKeyMismatch, UserSessions
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,9 @@ _VERSION_UNREADABLE = {
 
 @router.get("/readyz", response_model=Ready)
 async def readyz(request: Request) -> Any:
-    """The database answers as the runtime role and its migrations are at the code's head,
-    and the identity provider's keys (JWKS_URL) are at hand."""
+    """The database answers as the runtime role, its migrations are at the code's head
+    and it accepts this instance's context key, and the identity provider's keys
+    (JWKS_URL) are at hand."""
     settings = request.app.state.settings
     role = "?"
     try:
@@ -86,6 +88,16 @@ async def readyz(request: Request) -> Any:
             f"the database's migrations are at {', '.join(sorted(versions)) or 'nothing'}, "
             f"the code's at {', '.join(sorted(expected))}; run `todo-api migrate`"
         )
+    # An instance whose context key was retired (or never added) would answer every
+    # request as if the user had nothing: out of rotation, it serves none.
+    sessions: UserSessions = request.app.state.user_sessions
+    try:
+        async with asyncio.timeout(settings.db_connect_timeout + settings.db_statement_timeout):
+            await sessions.check_context_key()
+    except ContextKeyMismatch as exc:
+        return _not_ready(str(exc))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, SQLAlchemyError) as exc:
+        return _not_ready(f"the database is unavailable ({type(exc).__name__})")
     # Without a single key from JWKS_URL, every token the provider signs is a 503: a load
     # balancer should send the requests to an instance that has keys. Once keys were
     # fetched, an outage of the provider is no reason: the cached keys keep serving. The
