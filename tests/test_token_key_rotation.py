@@ -167,18 +167,18 @@ async def test_a_key_not_configured_is_refused_even_under_a_trusted_kid(db_url: 
         other_issuer = own_token(NEW, "alice", iss="someone-else")
         response = await client.get("/api/alice/tasks", headers=bearer(other_issuer))
         assert response.json() == {"detail": "token issuer is not accepted"}
-        # Its kid with another algorithm: HS256 goes to JWT_SECRET, RS256 does not match.
+        # Its kid on an RS256 token: the algorithm must be the key's.
         rs256 = jwt.encode({"sub": "alice"}, RSA_KEY, algorithm="RS256", headers={"kid": NEW.kid})
         response = await client.get("/api/alice/tasks", headers=bearer(rs256))
         assert response.json() == {"detail": "token algorithm does not match its key"}
 
 
 async def test_tokens_of_a_key_dropped_from_the_verification_keys_are_refused(db_url: DbUrls) -> None:
-    async with instances(db_url, {2: PHASES[2]}) as on:
-        await register(on[2])
-        old_token = own_token(OLD, (await log_in(on[2])).json()["user_id"])
-        assert (await on[2].get("/api/auth/me", headers=bearer(old_token))).status_code == 200
-    # The same database and account, the old key dropped (phase 3).
+    async with instances(db_url, {1: PHASES[1]}) as on:
+        await register(on[1])
+        old_token = (await log_in(on[1])).json()["access_token"]
+        assert (await on[1].get("/api/auth/me", headers=bearer(old_token))).status_code == 200
+    # The same database and account, the instance restarted without the old key (phase 3).
     async with instances(db_url, {3: PHASES[3]}) as on:
         refused = await on[3].get("/api/auth/me", headers=bearer(old_token))
         assert refused.status_code == 401
@@ -187,16 +187,16 @@ async def test_tokens_of_a_key_dropped_from_the_verification_keys_are_refused(db
         assert [key["kid"] for key in (await on[3].get("/.well-known/jwks.json")).json()["keys"]] == [NEW.kid]
 
 
-def test_the_signing_key_among_the_verification_keys_and_private_keys_count_once_as_public() -> None:
-    # The old private key pasted as it was, the new one twice, once private and once public.
-    given = OLD_PEM + NEW_PEM + "\n" + NEW.public.public_pem()
-    verifier = TokenVerifier(settings(token_signing_key=OLD_PEM, token_verification_keys=given), OLD)
-    assert verifier.own_public_keys() == [OLD.public_jwk, NEW.public_jwk]
-
-
 def settings(**values: Any) -> Settings:
     """Settings without a database: built-in accounts on, as on the embedded default."""
     return Settings(_env_file=None, rls_context_key="k" * 40, **values)  # type: ignore[call-arg]
+
+
+def test_keys_given_twice_or_as_private_keys_are_published_once_and_public() -> None:
+    # The signing key pasted as it is, the new one twice, once private and once public.
+    given = OLD_PEM + NEW_PEM + "\n" + NEW.public.public_pem()
+    verifier = TokenVerifier(settings(token_signing_key=OLD_PEM, token_verification_keys=given), OLD)
+    assert verifier.own_public_keys() == [OLD.public_jwk, NEW.public_jwk]
 
 
 @pytest.mark.parametrize("value", ["", "  \n", None])
