@@ -5,7 +5,8 @@ Three kinds of token are accepted, each only when configured:
 - HS256 (or another HMAC algorithm in JWT_ALGORITHMS) signed with JWT_SECRET;
 - asymmetric (EdDSA, RS256, ES256, ...) signed by an identity provider whose keys come
   from a JWKS (JWKS_URL, JWKS_FILE or JWKS), the token's `kid` choosing the key;
-- EdDSA tokens this service issued itself to built-in accounts (its own key).
+- EdDSA tokens this service issued itself to built-in accounts (its own key, or while
+  that key is rotated one of TOKEN_VERIFICATION_KEYS).
 The algorithm in the token's header must be configured and must be the algorithm of the
 key it selects, so no token can make one kind of key serve as another.
 """
@@ -20,7 +21,14 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2PasswordBearer
 
 from app.config import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, Settings
-from app.keys import KeySourceUnavailable, RemoteKeySet, SigningKey, StaticKeySet
+from app.keys import (
+    KeySourceUnavailable,
+    RemoteKeySet,
+    SigningKey,
+    StaticKeySet,
+    VerificationKey,
+    verification_keys_from_pem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +88,22 @@ class TokenVerifier:
         elif settings.jwks:
             self._keys = StaticKeySet(settings.jwks)
         self._signing_key = signing_key
-        self._own_key = jwt.PyJWK(signing_key.public_jwk).key if signing_key else None
+        # The keys of the service's own tokens, by kid: the one it signs with first, then
+        # those of TOKEN_VERIFICATION_KEYS (the next key, or the last one, while the
+        # signing key is rotated; docs/deploy.md). Without a signing key the service
+        # issues no tokens, and trusts none as its own.
+        self._own_keys: dict[str, VerificationKey] = {}
+        if signing_key is not None:
+            given = settings.token_verification_keys
+            also = verification_keys_from_pem(given.get_secret_value()) if given else []
+            for key in [signing_key.public, *also]:
+                self._own_keys.setdefault(key.kid, key)  # the signing key may be listed too
+            if len(self._own_keys) > 1:
+                log.info(
+                    "own tokens signed with key %s; also accepted: %s (TOKEN_VERIFICATION_KEYS)",
+                    signing_key.kid,
+                    ", ".join(kid for kid in self._own_keys if kid != signing_key.kid),
+                )
         if self._secret is None and self._keys is None and signing_key is None:
             raise ValueError("configure JWT_SECRET (or BETTER_AUTH_SECRET), a JWKS, or built-in accounts")
         self._issuer = settings.jwt_issuer
@@ -137,11 +160,16 @@ class TokenVerifier:
             return _Trust(self._secret, self._issuer, self._audience)
         if algorithm not in ASYMMETRIC_ALGORITHMS:
             raise InvalidToken("token algorithm is not accepted")
-        if self._signing_key is not None and kid == self._signing_key.kid:
+        own_key = self._own_keys.get(kid) if isinstance(kid, str) else None
+        if own_key is not None:
             if algorithm != "EdDSA":
                 raise InvalidToken("token algorithm does not match its key")
-            return _Trust(self._own_key, self._own_issuer, self._own_issuer)
+            return _Trust(own_key.public, self._own_issuer, self._own_issuer)
         if self._keys is None:
+            if self._own_keys and algorithm == "EdDSA":
+                # Most likely one of ours from a key no longer (or not yet) configured:
+                # say so, as a JWKS would, for whoever is looking into a rotation.
+                raise InvalidToken("token signing key is not known")
             raise InvalidToken("token algorithm is not accepted")
         jwk = await self._keys.find(kid)
         if jwk is None:
@@ -201,6 +229,11 @@ class TokenVerifier:
             payload["aud"] = self._audience
         hmac = sorted(self._algorithms & HMAC_ALGORITHMS)
         return jwt.encode(payload | claims, self._secret, algorithm=hmac[0] if hmac else "HS256")
+
+    def own_public_keys(self) -> list[dict[str, str]]:
+        """The public JWKs of the keys whose tokens are accepted as the service's own, the
+        signing key's first: what /.well-known/jwks.json publishes."""
+        return [key.public_jwk for key in self._own_keys.values()]
 
     async def key_source_unavailable(self) -> str | None:
         """Why tokens signed by the identity provider cannot be verified now (no key

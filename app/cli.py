@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
@@ -25,7 +26,7 @@ from app.audit import audit_database, print_report
 from app.auth import TokenVerifier
 from app.config import HMAC_ALGORITHMS, Settings
 from app.database import migrations_url
-from app.keys import SigningKey
+from app.keys import SigningKey, verification_keys_from_pem
 from app.logs import configure_logging
 from app.migrate import context_keys, install_context_key, retire_context_keys, upgrade
 from app.session import context_key_id
@@ -306,6 +307,50 @@ def token(
     """Print a signed token for USER_ID."""
     settings = _with_secrets(_load_settings(), "jwt_secret")
     print(TokenVerifier(settings).issue(user_id, ttl))
+
+
+@cli.command("public-key")
+def public_key(
+    pem_file: Annotated[
+        str | None,
+        typer.Argument(
+            help="A PEM file of Ed25519 keys, private or public; - for standard input "
+            "(default: TOKEN_SIGNING_KEY, as `serve` reads it)"
+        ),
+    ] = None,
+) -> None:
+    """Print the public keys (PEM) of Ed25519 keys, for TOKEN_VERIFICATION_KEYS; their kids go to stderr."""
+    if pem_file is None:
+        settings = _load_settings()
+        if settings.token_signing_key is None and not settings.embedded:
+            err.print("[red]error:[/red] set TOKEN_SIGNING_KEY, or name a PEM file (- for standard input)")
+            raise typer.Exit(1)
+        # On the embedded default: the key `serve` made in DATA_DIR, made now if it has not.
+        settings = _with_secrets(settings, "token_signing_key")
+        assert settings.token_signing_key is not None
+        source, text = "TOKEN_SIGNING_KEY", settings.token_signing_key.get_secret_value()
+    elif pem_file == "-":
+        source, text = "standard input", sys.stdin.read()
+    else:
+        source = pem_file
+        try:
+            text = Path(pem_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            err.print(f"[red]error:[/red] cannot read {escape(pem_file)}: {escape(str(exc))}")
+            raise typer.Exit(1) from None
+    try:
+        keys = verification_keys_from_pem(text, escape(source))
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if not keys:
+        err.print(f"[red]error:[/red] no key in {escape(source)}")
+        raise typer.Exit(1)
+    for key in keys:
+        # The kid is what /.well-known/jwks.json lists: how to tell which keys an
+        # instance has taken up. Not on stdout, which is the PEM alone.
+        err.print(f"kid {key.kid}")
+        print(key.public_pem(), end="")
 
 
 @cli.command()

@@ -35,7 +35,11 @@ def default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a refused value is not repeated in the error, which would
+    # put a secret or a private key that was refused into a log's traceback.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     # Runtime role's connection. Unset: an embedded PostgreSQL in data_dir.
     database_url: str | None = None
@@ -66,6 +70,12 @@ class Settings(BaseSettings):
     # Ed25519 private key (PEM) that signs the tokens the service issues; unset on the
     # embedded default: generated once into data_dir.
     token_signing_key: SecretStr | None = None
+    # Ed25519 keys in PEM (public, or private of which only the public half is used), one
+    # after another, whose tokens are accepted as the service's own and which
+    # /.well-known/jwks.json publishes; nothing is signed with them. For rotating
+    # TOKEN_SIGNING_KEY without downtime (docs/deploy.md). A secret only if it holds a
+    # private key, but it may.
+    token_verification_keys: SecretStr | None = None
     # `iss` and `aud` of the tokens the service issues.
     token_issuer: str = "todo-api"  # noqa: S105 (a name, not a secret)
     token_ttl: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
@@ -148,6 +158,27 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("token_signing_key")
+    @classmethod
+    def _a_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # Read here, as TOKEN_VERIFICATION_KEYS is, so that a bad key stops the service
+        # with the configuration errors, not with a traceback from create_app.
+        if value is not None:
+            from app.keys import SigningKey  # app.keys imports this module
+
+            SigningKey.from_pem(value.get_secret_value().encode())
+        return value
+
+    @field_validator("token_verification_keys")
+    @classmethod
+    def _verification_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None  # set but empty, as a platform may leave it after a rotation: none
+        from app.keys import verification_keys_from_pem  # app.keys imports this module
+
+        verification_keys_from_pem(value.get_secret_value())
+        return value
+
     @field_validator("data_dir")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
@@ -214,6 +245,18 @@ class Settings(BaseSettings):
         given = [name for name in ("jwks_url", "jwks_file", "jwks") if getattr(self, name) is not None]
         if len(given) > 1:
             raise ValueError(f"set only one of {', '.join(n.upper() for n in given)}")
+        return self
+
+    @model_validator(mode="after")
+    def _verification_keys_need_accounts(self) -> "Settings":
+        # Without built-in accounts the service issues no tokens of its own, so it has no
+        # key to rotate, and keys given here would go unused without a word.
+        if self.token_verification_keys is not None and not self.accounts:
+            raise ValueError(
+                "TOKEN_VERIFICATION_KEYS is for rotating the built-in accounts' TOKEN_SIGNING_KEY, "
+                "and built-in accounts are off (ACCOUNTS_ENABLED); an identity provider's keys "
+                "go in JWKS_URL, JWKS_FILE or JWKS"
+            )
         return self
 
     @property

@@ -1,5 +1,6 @@
 """Keys that sign the tokens this service accepts: an identity provider's JWKS (fetched
-from a URL, or given inline or in a file) and the service's own signing key."""
+from a URL, or given inline or in a file) and the service's own keys: the one it signs
+with, and those it also accepts while the signing key is rotated."""
 
 import asyncio
 import base64
@@ -7,6 +8,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +16,9 @@ from typing import Any
 
 import httpx
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from jwt import PyJWK, PyJWKSet
 from jwt.algorithms import OKPAlgorithm
 
@@ -173,21 +176,54 @@ def _find(keys: dict[str, PyJWK], kid: str | None) -> PyJWK | None:
 
 
 @dataclass(frozen=True)
-class SigningKey:
-    """The service's own Ed25519 key, for the tokens it issues to built-in accounts."""
+class VerificationKey:
+    """An Ed25519 public key whose tokens the service accepts as its own: its signing
+    key's, and while that key is rotated those of TOKEN_VERIFICATION_KEYS."""
 
-    private: Ed25519PrivateKey
+    public: Ed25519PublicKey
     kid: str
     public_jwk: dict[str, str]
 
     @classmethod
-    def from_pem(cls, pem: bytes) -> "SigningKey":
-        private = serialization.load_pem_private_key(pem, password=None)
-        if not isinstance(private, Ed25519PrivateKey):
-            raise ValueError("TOKEN_SIGNING_KEY must be an Ed25519 private key in PEM")
-        jwk = json.loads(OKPAlgorithm.to_jwk(private.public_key()))
+    def of(cls, public: Ed25519PublicKey) -> "VerificationKey":
+        jwk = json.loads(OKPAlgorithm.to_jwk(public))
         kid = _thumbprint(jwk)
-        return cls(private=private, kid=kid, public_jwk={**jwk, "kid": kid, "alg": "EdDSA", "use": "sig"})
+        return cls(public=public, kid=kid, public_jwk={**jwk, "kid": kid, "alg": "EdDSA", "use": "sig"})
+
+    def public_pem(self) -> str:
+        return self.public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """The service's own Ed25519 key, for the tokens it issues to built-in accounts."""
+
+    private: Ed25519PrivateKey
+    public: VerificationKey
+
+    @property
+    def kid(self) -> str:
+        return self.public.kid
+
+    @property
+    def public_jwk(self) -> dict[str, str]:
+        return self.public.public_jwk
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> "SigningKey":
+        try:
+            private = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            # Not cryptography's message: it is about OpenSSL's parsing, not the setting.
+            private = None
+        if not isinstance(private, Ed25519PrivateKey):
+            raise ValueError(
+                "TOKEN_SIGNING_KEY must be an Ed25519 private key in PEM, unencrypted "
+                "(make one with: openssl genpkey -algorithm ed25519)"
+            )
+        return cls(private=private, public=VerificationKey.of(private.public_key()))
 
     @staticmethod
     def generate_pem() -> bytes:
@@ -197,6 +233,65 @@ class SigningKey:
 
     def sign(self, payload: dict[str, Any]) -> str:
         return jwt.encode(payload, self.private, algorithm="EdDSA", headers={"kid": self.kid})
+
+
+# One PEM block, from BEGIN to the END of the same label, with its label. No dash in
+# between (base64 has none): a block whose END line was lost must not run on to the
+# next block's END and take that key in with it.
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----[^-]*-----END \1-----")
+
+
+def verification_keys_from_pem(text: str, source: str = "TOKEN_VERIFICATION_KEYS") -> list[VerificationKey]:
+    """The Ed25519 public keys in `text`: PEM blocks one after another, each a public key
+    or an unencrypted private key (of which only the public half is kept); none if it is
+    empty. Raises ValueError naming `source` and a line, never quoting the text.
+
+    Anything else between the blocks is refused, not skipped: a block cut short (an END
+    line lost in copying) would otherwise leave a key out without a word, and the tokens
+    it signs would be refused in the middle of a rotation."""
+
+    def line(position: int) -> int:
+        return text.count("\n", 0, position) + 1
+
+    def only_space(start: int, stop: int) -> None:
+        stray = text[start:stop]
+        if stray.strip():
+            first = start + len(stray) - len(stray.lstrip())
+            raise ValueError(
+                f"{source} holds text that is not a PEM block, on line {line(first)} (each key "
+                "runs from its -----BEGIN ...----- line to its -----END ...----- line)"
+            )
+
+    keys: list[VerificationKey] = []
+    end = 0
+    for block in _PEM_BLOCK.finditer(text):
+        only_space(end, block.start())
+        where = f"the key on line {line(block.start())} of {source}"
+        keys.append(VerificationKey.of(_ed25519_public_key(block[0].encode(), block[1], where)))
+        end = block.end()
+    only_space(end, len(text))
+    return keys
+
+
+def _ed25519_public_key(pem: bytes, label: str, where: str) -> Ed25519PublicKey:
+    if label not in ("PUBLIC KEY", "PRIVATE KEY"):
+        # ENCRYPTED PRIVATE KEY, RSA PRIVATE KEY, CERTIFICATE, OPENSSH PRIVATE KEY, ...
+        raise ValueError(
+            f"{where} is labelled {label}: give Ed25519 keys as PUBLIC KEY (todo-api public-key "
+            "prints one) or as unencrypted PRIVATE KEY"
+        )
+    try:
+        if label == "PUBLIC KEY":
+            key: object = serialization.load_pem_public_key(pem)
+        else:
+            key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ValueError(f"{where} cannot be read as a {label} in PEM") from None
+    if isinstance(key, Ed25519PrivateKey):
+        key = key.public_key()
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{where} is not an Ed25519 key: the service's own tokens are signed with Ed25519")
+    return key
 
 
 def _thumbprint(jwk: dict[str, str]) -> str:

@@ -151,7 +151,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.token_verifier = token_verifier
-    app.state.signing_key = signing_key
     install_error_handlers(app)
     install_request_id_factory()
     app.include_router(health.router)

@@ -11,10 +11,13 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner
 
 from app.cli import banner, cli
 from app.config import Settings
+from app.keys import SigningKey
 from tests.live_server import LiveServer, free_port, server_process
 from tests.tokens import TEST_SECRET
 
@@ -30,6 +33,8 @@ CONFIG_VARIABLES = (
     "JWKS_FILE",
     "JWKS",
     "ACCOUNTS_ENABLED",
+    "TOKEN_SIGNING_KEY",
+    "TOKEN_VERIFICATION_KEYS",
     "RLS_CONTEXT_KEY",
     "ALLOWED_HOSTS",
     "HOST",
@@ -96,6 +101,84 @@ def test_serve_with_a_database_url_needs_allowed_hosts(
     assert result.exit_code == 1
     assert "set ALLOWED_HOSTS to the host names clients use" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_bad_verification_key_stops_serve_with_a_message_that_does_not_quote_it(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The private key of the wrong kind (RSA), where an Ed25519 key belongs.
+    pem = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        .decode()
+    )
+    value = SigningKey.generate_pem().decode() + pem
+    monkeypatch.setenv("TOKEN_VERIFICATION_KEYS", value)
+    result = CliRunner().invoke(cli, ["serve"])
+    assert result.exit_code == 1
+    assert (
+        "configuration error: Value error, the key on line 4 of TOKEN_VERIFICATION_KEYS is not an Ed25519 key"
+        in result.output
+    )
+    assert "Traceback" not in result.output
+    assert not any(line in result.output for line in value.splitlines() if not line.startswith("-----"))
+
+
+def test_public_key_prints_what_token_verification_keys_takes(clean_env: Path, tmp_path: Path) -> None:
+    """From a file of private keys (as openssl genpkey makes them), or standard input; the
+    kids, as /.well-known/jwks.json will list them, on stderr."""
+    first, second = SigningKey.generate_pem().decode(), SigningKey.generate_pem().decode()
+    keys = [SigningKey.from_pem(pem.encode()) for pem in (first, second)]
+    key_file = tmp_path / "new.pem"
+    key_file.write_text(first)
+    from_file = CliRunner().invoke(cli, ["public-key", str(key_file)])
+    assert from_file.exit_code == 0, from_file.output
+    assert from_file.stdout == keys[0].public.public_pem()
+    assert from_file.stderr == f"kid {keys[0].kid}\n"
+
+    from_stdin = CliRunner().invoke(cli, ["public-key", "-"], input=first + second)
+    assert from_stdin.exit_code == 0, from_stdin.output
+    assert from_stdin.stdout == keys[0].public.public_pem() + keys[1].public.public_pem()
+    assert "PRIVATE" not in from_stdin.output
+    # What it prints is a value TOKEN_VERIFICATION_KEYS takes.
+    settings = Settings(_env_file=None, token_verification_keys=from_stdin.stdout)  # type: ignore[call-arg]
+    assert settings.token_verification_keys is not None
+
+
+def test_public_key_without_a_file_is_that_of_the_signing_key_serve_uses(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The embedded default: the key in DATA_DIR, made now as `serve` would make it.
+    generated = CliRunner().invoke(cli, ["public-key"])
+    assert generated.exit_code == 0, generated.output
+    made = SigningKey.from_pem((clean_env / "token_signing_key.pem").read_bytes())
+    assert generated.stdout == made.public.public_pem()
+    # TOKEN_SIGNING_KEY when it is set.
+    pem = SigningKey.generate_pem().decode()
+    monkeypatch.setenv("TOKEN_SIGNING_KEY", pem)
+    configured = CliRunner().invoke(cli, ["public-key"])
+    assert configured.exit_code == 0, configured.output
+    assert configured.stdout == SigningKey.from_pem(pem.encode()).public.public_pem()
+
+
+def test_public_key_says_what_it_could_not_read(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def refusal(*args: str, input: str | None = None) -> str:
+        result = CliRunner().invoke(cli, ["public-key", *args], input=input)
+        assert result.exit_code == 1
+        assert "Traceback" not in result.output and result.stdout == ""
+        return result.output
+
+    assert "cannot read missing.pem: [Errno 2] No such file or directory" in refusal("missing.pem")
+    assert "no key in standard input" in refusal("-", input="\n")
+    assert "the key on line 1 of standard input is labelled CERTIFICATE" in refusal(
+        "-", input="-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    )
+    monkeypatch.setenv("DATABASE_URL", "postgresql://todo_app@db.invalid/todo")
+    assert "set TOKEN_SIGNING_KEY, or name a PEM file (- for standard input)" in refusal()
 
 
 def cli_environment(data_dir: Path) -> dict[str, str]:

@@ -4,13 +4,15 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.keys import SigningKey
+from app.auth import TokenVerifier
 
 router = APIRouter(tags=["keys"])
 
 
 @router.get("/.well-known/jwks.json")
 async def jwks(request: Request) -> dict[str, list[dict[str, Any]]]:
-    """The JWKS of the service's own token signing key (empty without built-in accounts)."""
-    key: SigningKey | None = request.app.state.signing_key
-    return {"keys": [key.public_jwk] if key else []}
+    """The JWKS of the service's own token keys (empty without built-in accounts)."""
+    # Every key the service accepts its own tokens from, not only the one it signs with:
+    # while the signing key is rotated, other services must know both (docs/deploy.md).
+    verifier: TokenVerifier = request.app.state.token_verifier
+    return {"keys": verifier.own_public_keys()}
