@@ -110,7 +110,7 @@ async def test_a_fresh_context_signed_with_the_real_key_works(sessions: UserSess
         "select kid from app.context_keys",
         "update app.context_keys set inner_key = inner_key",
         "delete from app.context_keys",
-        "insert into app.context_keys (kid, inner_key, outer_key) values ('0000000000000000', '\\x00', '\\x00')",
+        "insert into app.context_keys (kid, inner_key, outer_key) values ('0000000000000000', '', '')",
         "update app.etag_key set key = key",
         "create or replace function app.current_user_id() returns text language sql as $$ select 'bob' $$",
         "alter table tasks disable row level security",

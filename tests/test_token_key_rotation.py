@@ -253,7 +253,12 @@ def test_a_bad_verification_key_stops_the_start_with_a_message_that_does_not_quo
     assert not quoted(value, str(refused.value))
 
 
-@pytest.mark.parametrize("value", [RSA_PRIVATE_PEM, ENCRYPTED_PEM, NEW.public.public_pem(), "not a key"])
+@pytest.mark.parametrize(
+    "value",
+    [RSA_PRIVATE_PEM, ENCRYPTED_PEM, NEW.public.public_pem(), "not a key"],
+    # Fixed ids: the keys are made at import, differently in each xdist worker.
+    ids=["an RSA key", "an encrypted key", "a public key", "not a key"],
+)
 def test_a_bad_signing_key_stops_the_start_with_a_message_that_does_not_quote_it(value: str) -> None:
     with pytest.raises(ValidationError) as refused:
         settings(token_signing_key=value)
