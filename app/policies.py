@@ -152,7 +152,11 @@ order by 1
 # sharded table may reference a table without user_id (a reference table, copied to
 # every node), but not an unsharded one (accounts: a local table), and no table that is
 # not sharded may reference a sharded one. existence_leaks reports an unpaired key too,
-# for what its errors would tell.
+# for what its errors would tell. Nor may a key with user_id among its columns set
+# anything to NULL or its default on delete, even a column list that leaves user_id out
+# (ON DELETE SET NULL (next_task_id)), or set or cascade anything on update
+# (EnsureSupportedFKeyOnDistKey; Citus's own test of PostgreSQL 15's column lists, in
+# its regress/sql/pg15.sql, expects the refusal).
 UNSHARDED_TABLES = ("accounts", "account_passwords")
 _NOT_DISTRIBUTABLE = (
     _USER_TABLES  # noqa: S608
@@ -172,20 +176,29 @@ select format('foreign key %%s on %%s %%s', f.conname, f.conrelid::regclass,
               case when src.oid is null
                      then format('references the sharded %%s from a table that is not sharded',
                                  f.confrelid::regclass)
-                   when dst.oid is null
+                   when dst.oid is null and f.confrelid in (select oid from user_tables)
                      then format('references %%s, which is not sharded', f.confrelid::regclass)
+                   when k.paired or dst.oid is null
+                     then format('has user_id among its columns and %%s',
+                                 case when f.confdeltype in ('n', 'd')
+                                        then 'sets columns to NULL or their default on delete'
+                                      else 'sets or cascades columns on update' end)
                    else 'does not pair user_id with user_id' end)
 from pg_constraint f
 left join sharded src on src.oid = f.conrelid
 left join sharded dst on dst.oid = f.confrelid
+cross join lateral (
+  select exists (select from unnest(f.conkey, f.confkey) as k(src_col, dst_col)
+                 where k.src_col = src.user_col and k.dst_col = dst.user_col) as paired
+) k
 where f.contype = 'f'
   and (src.oid is not null or dst.oid is not null)
   and (src.oid is null
        -- A table without user_id is no user's: it would be a reference table.
        or (dst.oid is null and f.confrelid in (select oid from user_tables))
-       or (dst.oid is not null and not exists (
-             select from unnest(f.conkey, f.confkey) as k(src_col, dst_col)
-             where k.src_col = src.user_col and k.dst_col = dst.user_col)))
+       or (dst.oid is not null and not k.paired)
+       or (src.user_col = any(f.conkey)
+           and (f.confdeltype in ('n', 'd') or f.confupdtype in ('n', 'd', 'c'))))
 order by 1
 """
 )

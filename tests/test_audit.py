@@ -365,8 +365,35 @@ def test_keys_that_would_keep_a_table_from_being_sharded_are_problems(
             "foreign key accounts_pinned_task_fkey on accounts references the sharded tasks from a table"
             " that is not sharded",
         ),
+        (
+            # Citus will not set a column to NULL for a key that has the distribution
+            # column among its own, even when the column list leaves user_id out.
+            [
+                "create table notes (user_id varchar(255) not null, id bigint, task_id bigint,"
+                " primary key (user_id, id), constraint notes_task_fkey foreign key (user_id, task_id)"
+                " references tasks (user_id, id) on delete set null (task_id))",
+            ],
+            "foreign key notes_task_fkey on notes has user_id among its columns and sets columns to NULL"
+            " or their default on delete",
+        ),
+        (
+            [
+                "create table notes (user_id varchar(255) not null, id bigint, task_id bigint,"
+                " primary key (user_id, id), constraint notes_task_fkey foreign key (user_id, task_id)"
+                " references tasks (user_id, id) on update cascade)",
+            ],
+            "foreign key notes_task_fkey on notes has user_id among its columns and sets or cascades"
+            " columns on update",
+        ),
     ],
-    ids=["user-id-meets-title", "to-accounts", "from-a-table-without-user-id", "from-accounts"],
+    ids=[
+        "user-id-meets-title",
+        "to-accounts",
+        "from-a-table-without-user-id",
+        "from-accounts",
+        "set-null-on-delete",
+        "cascade-on-update",
+    ],
 )
 def test_foreign_keys_that_would_keep_a_table_from_being_sharded_are_problems(
     db_url: DbUrls, ddl: list[str], expected: str
