@@ -141,8 +141,9 @@ order by 1
 
 # What a distributed PostgreSQL (Citus) needs to shard the tables of user data by user_id
 # and keep each user's rows together (docs/scale-out.md, issue 14): user_id in the primary
-# key and in every unique index, whoever can write the other columns (a unique index on
-# a database-assigned id alone leaks nothing, but cannot be enforced across shards).
+# key and in every unique index or exclusion constraint, whoever can write the other
+# columns (a unique index on a database-assigned id alone leaks nothing, but cannot be
+# enforced across shards: ErrorIfUnsupportedConstraint in Citus's commands/table.c).
 # Built-in accounts are left out: log-in finds an account by its email, across users, so
 # they stay whole on one node (a Citus local table); their keys are by email.
 #
@@ -167,10 +168,11 @@ from sharded t
 where not exists (select from pg_index x where x.indrelid = t.oid and x.indisprimary)
 union all
 select format('%%s key %%s on %%s does not include user_id',
-              case when x.indisprimary then 'primary' else 'unique' end,
+              case when x.indisprimary then 'primary' when x.indisunique then 'unique'
+                   else 'exclusion' end,
               x.indexrelid::regclass, x.indrelid::regclass)
 from pg_index x join sharded t on t.oid = x.indrelid
-where x.indisunique and not t.user_col = any(x.indkey)
+where (x.indisunique or x.indisexclusion) and not t.user_col = any(x.indkey)
 union all
 select format('foreign key %%s on %%s %%s', f.conname, f.conrelid::regclass,
               case when src.oid is null

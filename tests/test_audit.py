@@ -311,14 +311,17 @@ def test_keys_that_would_keep_a_table_from_being_sharded_are_problems(
         " user_id varchar(255) not null)"
     )
     admin_conn.execute("create table drafts (user_id varchar(255) not null, body text)")
+    # An exclusion constraint with = is a unique key by another name.
+    admin_conn.execute("alter table tags add constraint tags_name_excl exclude using btree (name with =)")
     assert not_distributable(admin_conn) == [
         "drafts has no primary key",
+        "exclusion key tags_name_excl on tags does not include user_id",
         "primary key notes_pkey on notes does not include user_id",
         "unique key tasks_id_key on tasks does not include user_id",
     ]
     report = audit_database(db_url.owner)
     flagged = [p.message for p in report.problems if p.code == "not_distributable"]
-    assert len(flagged) == 3 and all("cannot be sharded by user_id" in message for message in flagged)
+    assert len(flagged) == 4 and all("cannot be sharded by user_id" in message for message in flagged)
 
 
 @pytest.mark.parametrize(
