@@ -7,7 +7,7 @@
 -- a SET LOCAL that runs inside a transaction block to every worker connection the
 -- transaction has open, and appends it to the BEGIN of every connection it opens later
 -- (its utility hook, citus_ProcessUtilityInternal, calls PostprocessVariableSetStmt in
--- commands/variableset.c; RemoteTransactionBegin in transaction/remote_transaction.c
+-- commands/variableset.c; StartRemoteTransactionBegin in transaction/remote_transaction.c
 -- appends activeSetStmts). It does so for a SET LOCAL run through SPI too, as EXECUTE
 -- runs it here: the hook checks IsMultiStatementTransaction() and the kind of
 -- statement, not that it came from the client (Citus's own regression test
