@@ -141,11 +141,23 @@ order by 1
 
 # What a distributed PostgreSQL (Citus) needs to shard the tables of user data by user_id
 # and keep each user's rows together (docs/scale-out.md, issue 14): user_id in the primary
-# key and in every unique index, whoever can write the other columns (a unique index on
-# a database-assigned id alone leaks nothing, but cannot be enforced across shards). The
-# foreign keys are existence_leaks's: one that does not pair user_id is reported there.
+# key and in every unique index or exclusion constraint, whoever can write the other
+# columns (a unique index on a database-assigned id alone leaks nothing, but cannot be
+# enforced across shards: ErrorIfUnsupportedConstraint in Citus's commands/table.c).
 # Built-in accounts are left out: log-in finds an account by its email, across users, so
 # they stay whole on one node (a Citus local table); their keys are by email.
+#
+# And the foreign keys, by Citus's rules (ErrorIfUnsupportedForeignConstraintExists in
+# its commands/foreign_constraint.c): between two sharded tables a key must pair user_id
+# with user_id at the same position (then the rows it links are on the same shard); a
+# sharded table may reference a table without user_id (a reference table, copied to
+# every node), but not an unsharded one (accounts: a local table), and no table that is
+# not sharded may reference a sharded one. existence_leaks reports an unpaired key too,
+# for what its errors would tell. Nor may a key with user_id among its columns set
+# anything to NULL or its default on delete, even a column list that leaves user_id out
+# (ON DELETE SET NULL (next_task_id)), or set or cascade anything on update
+# (EnsureSupportedFKeyOnDistKey; Citus's own test of PostgreSQL 15's column lists, in
+# its regress/sql/pg15.sql, expects the refusal).
 UNSHARDED_TABLES = ("accounts", "account_passwords")
 _NOT_DISTRIBUTABLE = (
     _USER_TABLES  # noqa: S608
@@ -156,10 +168,39 @@ from sharded t
 where not exists (select from pg_index x where x.indrelid = t.oid and x.indisprimary)
 union all
 select format('%%s key %%s on %%s does not include user_id',
-              case when x.indisprimary then 'primary' else 'unique' end,
+              case when x.indisprimary then 'primary' when x.indisunique then 'unique'
+                   else 'exclusion' end,
               x.indexrelid::regclass, x.indrelid::regclass)
 from pg_index x join sharded t on t.oid = x.indrelid
-where x.indisunique and not t.user_col = any(x.indkey)
+where (x.indisunique or x.indisexclusion) and not t.user_col = any(x.indkey)
+union all
+select format('foreign key %%s on %%s %%s', f.conname, f.conrelid::regclass,
+              case when src.oid is null
+                     then format('references the sharded %%s from a table that is not sharded',
+                                 f.confrelid::regclass)
+                   when dst.oid is null and f.confrelid in (select oid from user_tables)
+                     then format('references %%s, which is not sharded', f.confrelid::regclass)
+                   when k.paired or dst.oid is null
+                     then format('has user_id among its columns and %%s',
+                                 case when f.confdeltype in ('n', 'd')
+                                        then 'sets columns to NULL or their default on delete'
+                                      else 'sets or cascades columns on update' end)
+                   else 'does not pair user_id with user_id' end)
+from pg_constraint f
+left join sharded src on src.oid = f.conrelid
+left join sharded dst on dst.oid = f.confrelid
+cross join lateral (
+  select exists (select from unnest(f.conkey, f.confkey) as k(src_col, dst_col)
+                 where k.src_col = src.user_col and k.dst_col = dst.user_col) as paired
+) k
+where f.contype = 'f'
+  and (src.oid is not null or dst.oid is not null)
+  and (src.oid is null
+       -- A table without user_id is no user's: it would be a reference table.
+       or (dst.oid is null and f.confrelid in (select oid from user_tables))
+       or (dst.oid is not null and not k.paired)
+       or (src.user_col = any(f.conkey)
+           and (f.confdeltype in ('n', 'd') or f.confupdtype in ('n', 'd', 'c'))))
 order by 1
 """
 )

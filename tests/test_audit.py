@@ -274,9 +274,30 @@ def test_a_constraint_that_leaks_existence_is_a_problem(
 
 
 def test_the_tables_of_user_data_can_be_sharded_by_user_id(admin_conn: psycopg.Connection) -> None:
-    """Every primary key and unique index of a table with user_id includes it (issue 14:
-    the tables can be distributed, and colocated, by user_id)."""
+    """Every primary key and unique index of a table with user_id includes it, and every
+    foreign key between them pairs user_id with user_id (issue 14: the tables can be
+    distributed, and colocated, by user_id)."""
     assert not_distributable(admin_conn) == []
+    # The foreign keys the check passed: every one between tables of user data, none left
+    # out of it by a table the check does not know as sharded.
+    keys = admin_conn.execute(
+        """
+        select conrelid::regclass::text, confrelid::regclass::text,
+               array(select a.attname::text from unnest(conkey) with ordinality k(n, i)
+                     join pg_attribute a on a.attrelid = conrelid and a.attnum = k.n order by k.i),
+               array(select a.attname::text from unnest(confkey) with ordinality k(n, i)
+                     join pg_attribute a on a.attrelid = confrelid and a.attnum = k.n order by k.i)
+        from pg_constraint where contype = 'f' and connamespace = 'public'::regnamespace
+        order by 1, 2, 3
+        """
+    ).fetchall()
+    assert keys == [
+        ("account_passwords", "accounts", ["user_id"], ["user_id"]),
+        ("messages", "conversations", ["user_id", "conversation_id"], ["user_id", "id"]),
+        ("task_tags", "tags", ["user_id", "tag_id"], ["user_id", "id"]),
+        ("task_tags", "tasks", ["user_id", "task_id"], ["user_id", "id"]),
+        ("tasks", "tasks", ["user_id", "next_task_id"], ["user_id", "id"]),
+    ]
 
 
 def test_keys_that_would_keep_a_table_from_being_sharded_are_problems(
@@ -290,11 +311,113 @@ def test_keys_that_would_keep_a_table_from_being_sharded_are_problems(
         " user_id varchar(255) not null)"
     )
     admin_conn.execute("create table drafts (user_id varchar(255) not null, body text)")
+    # An exclusion constraint with = is a unique key by another name.
+    admin_conn.execute("alter table tags add constraint tags_name_excl exclude using btree (name with =)")
     assert not_distributable(admin_conn) == [
         "drafts has no primary key",
+        "exclusion key tags_name_excl on tags does not include user_id",
         "primary key notes_pkey on notes does not include user_id",
         "unique key tasks_id_key on tasks does not include user_id",
     ]
     report = audit_database(db_url.owner)
     flagged = [p.message for p in report.problems if p.code == "not_distributable"]
-    assert len(flagged) == 3 and all("cannot be sharded by user_id" in message for message in flagged)
+    assert len(flagged) == 4 and all("cannot be sharded by user_id" in message for message in flagged)
+
+
+@pytest.mark.parametrize(
+    ("ddl", "expected"),
+    [
+        (
+            # Both keys name user_id, but not at the same place: the note's user_id meets a
+            # task's title, so a note of one user could point at a task of another, and
+            # the two rows would be on different shards.
+            [
+                "create unique index tasks_user_title_key on tasks (user_id, title)",
+                "create table notes (user_id varchar(255) not null, id bigint, title varchar(200),"
+                " primary key (user_id, id),"
+                " foreign key (title, user_id) references tasks (user_id, title))",
+            ],
+            "foreign key notes_title_user_id_fkey on notes does not pair user_id with user_id",
+        ),
+        (
+            # Accounts stay whole on one node (a Citus local table): no sharded table may
+            # reference them.
+            [
+                "create table notes (user_id varchar(255) not null references accounts (user_id),"
+                " id bigint, primary key (user_id, id))",
+            ],
+            "foreign key notes_user_id_fkey on notes references accounts, which is not sharded",
+        ),
+        (
+            # A table without user_id is no user's (a reference table, copied to every
+            # node), and may not reference a sharded one.
+            [
+                "create table pins (owner varchar(255), task_id bigint, primary key (owner, task_id),"
+                " foreign key (owner, task_id) references tasks (user_id, id))",
+            ],
+            "foreign key pins_owner_task_id_fkey on pins references the sharded tasks from a table that"
+            " is not sharded",
+        ),
+        (
+            # Nor may an unsharded table of user data.
+            [
+                "alter table accounts add column pinned_task bigint,"
+                " add constraint accounts_pinned_task_fkey foreign key (user_id, pinned_task)"
+                " references tasks (user_id, id)",
+            ],
+            "foreign key accounts_pinned_task_fkey on accounts references the sharded tasks from a table"
+            " that is not sharded",
+        ),
+        (
+            # Citus will not set a column to NULL for a key that has the distribution
+            # column among its own, even when the column list leaves user_id out.
+            [
+                "create table notes (user_id varchar(255) not null, id bigint, task_id bigint,"
+                " primary key (user_id, id), constraint notes_task_fkey foreign key (user_id, task_id)"
+                " references tasks (user_id, id) on delete set null (task_id))",
+            ],
+            "foreign key notes_task_fkey on notes has user_id among its columns and sets columns to NULL"
+            " or their default on delete",
+        ),
+        (
+            [
+                "create table notes (user_id varchar(255) not null, id bigint, task_id bigint,"
+                " primary key (user_id, id), constraint notes_task_fkey foreign key (user_id, task_id)"
+                " references tasks (user_id, id) on update cascade)",
+            ],
+            "foreign key notes_task_fkey on notes has user_id among its columns and sets or cascades"
+            " columns on update",
+        ),
+    ],
+    ids=[
+        "user-id-meets-title",
+        "to-accounts",
+        "from-a-table-without-user-id",
+        "from-accounts",
+        "set-null-on-delete",
+        "cascade-on-update",
+    ],
+)
+def test_foreign_keys_that_would_keep_a_table_from_being_sharded_are_problems(
+    db_url: DbUrls, ddl: list[str], expected: str
+) -> None:
+    with psycopg.connect(db_url.owner, autocommit=True) as owner:
+        for statement in ddl:
+            owner.execute(statement)
+        assert not_distributable(owner) == [expected]
+    report = audit_database(db_url.owner)
+    assert [p.message for p in report.problems if p.code == "not_distributable"] == [
+        f"{expected}: the table cannot be sharded by user_id"
+    ]
+
+
+def test_a_foreign_key_to_a_table_without_user_id_can_be_sharded(db_url: DbUrls) -> None:
+    """A table without user_id holds no user's rows: on Citus it is a reference table,
+    which a sharded table may reference."""
+    with psycopg.connect(db_url.owner, autocommit=True) as owner:
+        owner.execute("create table colours (name text primary key)")
+        owner.execute(
+            "create table notes (user_id varchar(255) not null, id bigint, colour text references colours,"
+            " primary key (user_id, id))"
+        )
+        assert not_distributable(owner) == []

@@ -12,7 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bench import report
+from app.policies import drift
+from bench import context_statement, report
 from bench.database import (
     BYPASS_ROLE,
     TAGS_PER_USER,
@@ -20,6 +21,7 @@ from bench.database import (
     create_bypass_role,
     filter_tag,
     search_term,
+    seed,
     server_log_path,
     server_pid,
     user_id,
@@ -214,3 +216,56 @@ def test_rounds_combine() -> None:
     }
     # A round without a cost (no access log, say): the combined one has none.
     assert report.combine([*rounds[:2], replace(rounds[2], commits=None)]).commits is None
+
+
+def test_the_context_statement_measurement_runs(pg_server: Server, db_url: DbUrls, tmp_path: Path) -> None:
+    """`python -m bench.context_statement` on its smallest path (bench/README.md, "The
+    context statement for Citus"): every configuration replayed, the calls of
+    app.current_user_id() counted, and the shipped policies and function back at the
+    end."""
+    create_bypass_role(db_url.admin)
+    db = BenchDatabase(
+        admin_url=db_url.admin,
+        owner_url=db_url.owner,
+        runtime_url=db_url.runtime,
+        bypass_url=pg_server.url(TEST_DB, BYPASS_ROLE),
+        log_path=None,
+        pid=server_pid(db_url.admin),
+    )
+    options = context_statement.Options(
+        users=4, tasks_per_user=5, duration=1, rounds=1, clients=2, loop_calls=1_000, loop_repeats=1
+    )
+    seed(db.admin_url, 1, options.users, options.tasks_per_user, lambda rows: None)
+    result = context_statement.measure(db, tmp_path, options, TEST_CONTEXT_KEY.encode(), lambda line: None)
+
+    assert set(result["per_call_us"]) == {"set_config", "set_context", "one EXECUTE of five SET LOCALs"}
+    assert set(result["current_user_id_per_call_us"]) == set(context_statement.FUNCTION_FORMS)
+    # A page of 5 tasks: the shipped policies call the function once per protected scan
+    # of the statement, the plain ones once more for each task's tags.
+    calls = result["current_user_id_calls_per_list"]
+    assert calls == {"subquery": 4, "plain": 2 + options.tasks_per_user}, calls
+    replays = result["replays"]
+    assert set(replays) == set(context_statement.CONFIGURATIONS)
+    for name, replay in replays.items():
+        assert replay["tps"] > 0 and replay["database_cpu_us_per_transaction"] > 0, name
+        assert set(replay["statement_ms"]) == {"begin", "context", "list", "commit"}, name
+    assert "| as shipped (set_config, subquery policies) (`shipped`) |" in context_statement.to_markdown(
+        result,
+        {
+            "tasks": 20,
+            "users": 4,
+            "clients": 2,
+            "duration": 1,
+            "rounds": 1,
+            "postgresql": "-",
+            "machine": "-",
+            "loop_calls": 1_000,
+            "loop_repeats": 1,
+        },
+    )
+    with psycopg.connect(db.owner_url) as conn:
+        assert drift(conn) == {}
+        settings = conn.execute(
+            "select proconfig from pg_proc where oid = 'app.current_user_id()'::regprocedure"
+        )
+        assert settings.fetchone() == (["search_path=pg_catalog, pg_temp"],)

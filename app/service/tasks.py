@@ -321,13 +321,15 @@ def _lock_sql(owner_filter: str) -> str:
 @cache
 def _delete_sql(owner_filter: str) -> str:
     """Deletes task $2, answering its id. A task whose next occurrence it was loses the
-    link (the foreign key sets next_task_id to null): a change of that task like any
-    other, so its updated_at changes too, in the same statement."""
+    link, in the same statement: a change of that task like any other, so its updated_at
+    changes too. The statement clears the link rather than the foreign key (ON DELETE
+    SET NULL), which a table sharded by user_id cannot have (docs/scale-out.md); the key
+    is checked at the statement's end, once the link is gone."""
     owner = _owner(owner_filter, "tasks")
     return (
         "with gone as (delete from public.tasks tasks"  # noqa: S608
         f" where tasks.id = $2 and {owner} returning tasks.id),"
-        " unlinked as (update public.tasks tasks set updated_at = now()"
+        " unlinked as (update public.tasks tasks set next_task_id = null, updated_at = now()"
         f" where tasks.next_task_id in (select gone.id from gone) and {owner})"
         " select gone.id from gone"
     )
