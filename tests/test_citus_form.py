@@ -12,17 +12,18 @@ import psycopg
 import pytest
 
 from app.paths import read_sql
-from app.session import sign_context
+from app.session import context_key_id, sign_context
 from bench.context_statement import PLAIN_CALL, SUBQUERY_CALL, apply_policies, policy_sql
 from tests.conftest import TEST_CONTEXT_KEY, DbUrls
 
 KEY = TEST_CONTEXT_KEY.encode()
+KID = context_key_id(KEY)
 SET_CONTEXT = "select app.set_context(%s, %s, %s, %s, %s)"
 
 
 def context(user_id: str, expires: int | None = None) -> tuple[str, str, str, str, str]:
     expires = expires or int(time.time()) + 60
-    return user_id, str(expires), sign_context(KEY, user_id, expires), "kid-1", "1500ms"
+    return user_id, str(expires), sign_context(KEY, user_id, expires), KID, "1500ms"
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def test_set_context_sets_the_signed_context_for_the_transaction_only(runtime: p
     ).fetchone()
     # The last: Citus's switch for forwarding SET LOCAL, turned on first (a placeholder
     # setting here, where Citus is not loaded).
-    assert settings == ("alice", "kid-1", "1500ms", "local")
+    assert settings == ("alice", KID, "1500ms", "local")
     runtime.commit()
     # SET LOCAL: gone with the transaction, as set_config(..., true) is.
     assert runtime.execute("select app.current_user_id(), current_setting('lock_timeout')").fetchone() == (

@@ -1,7 +1,7 @@
 """A task's link to its next occurrence no longer sets itself to null on delete.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-05
 
 tasks_next_task_fkey, (user_id, next_task_id) -> tasks (user_id, id), was ON DELETE SET
@@ -11,8 +11,6 @@ commands/foreign_constraint.c), so tasks could not be sharded by user_id (issue 
 docs/scale-out.md). The key is now NO ACTION, and the statement that deletes a task
 clears the link itself (app/service/tasks.py, _delete_sql), in the same statement: the
 key is checked at its end, after the link is gone. No row changes.
-
-Revises 0009 on this branch; it follows 0010 (context key ids) once both are merged.
 """
 
 from collections.abc import Sequence
@@ -20,7 +18,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0011"
-down_revision: str | None = "0009"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
