@@ -46,6 +46,18 @@ TEST_CONTEXT_KEY = "test-context-key-that-is-long-enough-0123456789"
 ROLE_PASSWORD = "todo-test-password"
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures a test recorded with record_property("figures", text), at the end of the
+    run whether it passed or failed: pytest shows a passing test's output only with -s or
+    -rP, and under pytest-xdist only what a report carries reaches this process."""
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.getreports(outcome):
+            for name, value in report.user_properties:
+                if name == "figures":
+                    terminalreporter.write_sep("-", f"figures: {report.nodeid} ({outcome})")
+                    terminalreporter.write_line(str(value))
+
+
 def missing_tool(message: str) -> NoReturn:
     """A server or tool a test drives is not installed: a failure under CI, whose .ci/run
     installs it (a broken set-up, not a gap to hide), elsewhere a skip that names it."""

@@ -105,7 +105,8 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT."""
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)
@@ -116,7 +117,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(STOP_TIMEOUT)
 
 
-def _wait_until_answering(server: LiveServer, ready_path: str, timeout: float) -> None:
+def wait_until_answering(server: LiveServer, ready_path: str, timeout: float = STARTUP_TIMEOUT) -> None:
+    """Until `ready_path` answers 200; a failure, with the server's output, if it exits or
+    does not answer within `timeout` (it is then stopped)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -132,7 +135,7 @@ def _wait_until_answering(server: LiveServer, ready_path: str, timeout: float) -
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    _stop(server.process)
+    stop_server(server.process)
     pytest.fail(
         f"the server did not answer within {timeout:.0f} s; its output:\n{server.output()}",
         pytrace=False,
@@ -180,20 +183,26 @@ def server_process(
 ) -> Iterator[LiveServer]:
     """Run `command` in `workdir` until `ready_path` answers 200; yield; stop it (SIGTERM,
     then kill) on exit if it is still running. Its output goes to workdir/server.log."""
+    server = launch(command, env=env, workdir=workdir, base_url=base_url)
+    try:
+        wait_until_answering(server, ready_path, timeout)
+        yield server
+    finally:
+        stop_server(server.process)
+        assert server.process.poll() is not None, f"the server (pid {server.process.pid}) is still running"
+
+
+def launch(command: list[str], *, env: dict[str, str], workdir: Path, base_url: str) -> LiveServer:
+    """Start `command` in `workdir`, its output appended to workdir/server.log (a server
+    started again in the same directory adds to the same log)."""
     log_path = workdir / "server.log"
     # A file, not a pipe: nobody reads while the tests run, and a full pipe would block
     # the server. The working directory is empty, so no .env file is picked up.
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         process = subprocess.Popen(
             command, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
         )
-    server = LiveServer(base_url, process, log_path)
-    try:
-        _wait_until_answering(server, ready_path, timeout)
-        yield server
-    finally:
-        _stop(process)
-        assert process.poll() is not None, f"the server (pid {process.pid}) is still running"
+    return LiveServer(base_url, process, log_path)
 
 
 @contextmanager

@@ -1,12 +1,7 @@
 """Rate limits in memory and in Redis (shared by instances), and CORS for browsers."""
 
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +10,8 @@ from pydantic import SecretStr
 
 from app.config import Settings
 from app.keys import SigningKey
-from tests.conftest import missing_tool, running_app
+from tests.cluster import redis_server
+from tests.conftest import running_app
 from tests.live_server import free_port
 from tests.tokens import auth
 
@@ -86,39 +82,10 @@ def test_a_rate_limit_that_does_not_parse_is_refused_at_start_up() -> None:
 # --- in Redis, shared by instances ----------------------------------------------------
 
 
-def _answers_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private redis-server on a loopback port, with no persistence."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        missing_tool("redis-server not found on PATH (Debian package redis-server; .ci/run installs it)")
-    port = free_port()
-    workdir = Path(tmp_path_factory.mktemp("redis"))
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while not _answers_ping(port):
-            assert process.poll() is None, "redis-server exited at start"
-            assert time.monotonic() < deadline, "redis-server did not answer within 10 s"
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 async def test_instances_sharing_redis_share_the_limits(settings: Settings, redis_url: str) -> None:

