@@ -23,11 +23,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import httpx
 import psycopg
 import pytest
 from pytest_postgresql.executors import NoopExecutor
 
+from app.migrate import install_context_key, retire_context_keys
+from app.session import SET_CONTEXT, context_key_id, sign_context
 from tests.cluster import Cluster, cluster
 from tests.conftest import Server
 from tests.tokens import auth
@@ -47,6 +50,8 @@ CRASH_SECONDS = 2.0
 # machine a started instance answers slowly at first.
 BACK_TIMEOUT = 30.0
 TASKS_PER_USER = 6
+# The key the rolling restart moves the instances to.
+NEW_CONTEXT_KEY = "scale-out-next-context-key-that-is-long-enough-0123"
 # Seconds a worker waits between two steps, at random in this range.
 PAUSE = (0.05, 0.15)
 
@@ -453,18 +458,30 @@ async def run_phases(cluster: Cluster, figures: list[str]) -> None:
             assert not failures(while_down), failures(while_down)
             assert victim.name not in {r.served_by for r in while_down}
 
-            # 3. A rolling restart: not one request may fail.
+            # 3. A rolling restart that rotates the context key (docs/deploy.md, "Rotating
+            # the context key"): the owner adds the new key, the instances move to it one
+            # by one, the old key is retired. Not one request may fail.
             load.phase = "rolling"
             began = time.monotonic()
             retried = await asyncio.to_thread(cluster.haproxy.retried)
-            await asyncio.to_thread(cluster.roll)
-            rolled = time.monotonic()
-            # Every instance serves again; the requests of this tail count too.
-            await load.answered_by({i.name for i in cluster.instances}, rolled)
+            old_key = cluster.settings.rls_context_key
+            assert old_key is not None
+            await asyncio.to_thread(install_context_key, cluster.db.owner, NEW_CONTEXT_KEY.encode())
+            await asyncio.to_thread(cluster.roll, {"RLS_CONTEXT_KEY": NEW_CONTEXT_KEY})
+            old_kid = context_key_id(old_key.get_secret_value().encode())
+            assert await asyncio.to_thread(retire_context_keys, cluster.db.owner, [old_kid]) == [old_kid]
+            retired = time.monotonic()
+            # From the next statement on, a context under the retired key verifies no more.
+            assert await signed_with(cluster.db.runtime, old_key.get_secret_value()) is None
+            assert await signed_with(cluster.db.runtime, NEW_CONTEXT_KEY) == "probe"
+            # Every instance serves again, on the new key alone; the requests of this tail
+            # count too.
+            await load.answered_by({i.name for i in cluster.instances}, retired)
             rolling = load.of("rolling")
             figures.append(
                 load.summary("rolling", time.monotonic() - began)
-                + f"; restarting {INSTANCES} instances one by one took {rolled - began:.1f} s;"
+                + f"; restarting {INSTANCES} instances one by one onto a new context key took"
+                f" {retired - began:.1f} s, the old key retired after;"
                 f" {await retries_since(cluster, retried)}"
             )
             assert not failures(rolling), failures(rolling)
@@ -490,6 +507,23 @@ async def run_phases(cluster: Cluster, figures: list[str]) -> None:
 
     # 4. One write limit across the instances: a fresh user writes to each in turn.
     figures.append(await shared_limit(cluster))
+
+
+async def signed_with(runtime_url: str, key: str) -> str | None:
+    """The user a transaction acts for, as the runtime role, with a context for "probe"
+    signed with `key` under its id: None unless the database accepts that key."""
+    connection = await asyncpg.connect(runtime_url)
+    try:
+        async with connection.transaction():
+            expires = int(time.time()) + 60
+            signature = sign_context(key.encode(), "probe", expires)
+            await connection.execute(
+                SET_CONTEXT, "probe", str(expires), signature, "2s", context_key_id(key.encode())
+            )
+            user: str | None = await connection.fetchval("select app.current_user_id()")
+            return user
+    finally:
+        await connection.close()
 
 
 async def retries_since(cluster: Cluster, before: tuple[int, int]) -> str:
