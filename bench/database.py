@@ -103,7 +103,7 @@ def prepare(admin_url: str, owner_url: str, context_key: str) -> None:
 
 def create_bypass_role(admin_url: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("select from pg_roles where rolname = %s", (BYPASS_ROLE,)).fetchone()
+        exists = conn.execute("select 1 from pg_roles where rolname = %s", (BYPASS_ROLE,)).fetchone()
         if not exists:
             conn.execute(sql.SQL("create role {} login bypassrls").format(sql.Identifier(BYPASS_ROLE)))
         conn.execute(
