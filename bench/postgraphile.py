@@ -148,8 +148,10 @@ def install(log: Callable[[str], None], directory: Path | None = None) -> Instal
         return f"npm install {PACKAGE} took more than {INSTALL_TIMEOUT} s"
     if done.returncode != 0 or _installed(staging, node) is None:
         shutil.rmtree(staging, ignore_errors=True)
-        output = (done.stderr or done.stdout).strip().splitlines()
-        return f"npm install {PACKAGE} failed ({done.returncode}): {' '.join(output[-3:])}"
+        # npm's first lines say what went wrong (its code, then the message); the rest is
+        # a stack and the path of its log.
+        said = [line.removeprefix("npm error").strip() for line in (done.stderr or done.stdout).splitlines()]
+        return f"npm install {PACKAGE} failed ({done.returncode}): {'; '.join(filter(None, said[:4]))}"
     # Another run (a parallel test) may have put its install in place meanwhile: the
     # first one stays, whichever it is, as the processes of that run may be using it.
     if _installed(directory, node) is None:

@@ -491,7 +491,11 @@ class Bench:
             memory += " per request"
         if m.connections_per_worker:
             memory += f", connections per worker {m.connections_per_worker}"
-        workers = f" ({m.workers} workers)" if m.workers not in (None, self.options.workers) else ""
+        workers = (
+            f" ({m.workers} worker{'s' if m.workers != 1 else ''})"
+            if m.workers not in (None, self.options.workers)
+            else ""
+        )
         console.print(
             f"  {report.TARGETS[m.target] + workers:<38} {m.scenario:<7} {m.rps:>9,.0f} req/s  "
             f"p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms  errors {m.errors}{memory}"
