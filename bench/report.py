@@ -308,13 +308,12 @@ class Report:
                 self.find("service", scenario, workers),
                 self.find("postgraphile", scenario, workers),
             )
-            measured = service is not None and other is not None
             targets.append(
                 Target(
                     f"p99 latency: {scenario} at {workers} worker(s), service (ms)",
                     service.p99_ms if service else None,
                     f"<= PostGraphile's ({other.p99_ms:.2f} ms)" if other else "<= PostGraphile's",
-                    None if not measured else service.p99_ms <= other.p99_ms,  # type: ignore[union-attr]
+                    None if service is None or other is None else service.p99_ms <= other.p99_ms,
                 )
             )
         spreads = {
