@@ -147,9 +147,15 @@ def _lua(value: object) -> str:
 
 
 def write_wrk_files(
-    directory: Path, numbers: list[int], tokens: list[str], per_user: int
+    directory: Path,
+    numbers: list[int],
+    tokens: list[str],
+    per_user: int,
+    requests: dict[str, Request] = REQUESTS,
+    script_text: str = WRK_SCRIPT,
 ) -> tuple[Path, Path]:
-    """The Lua script and its data file (users, their tokens, the requests)."""
+    """The Lua script and its data file (users, their tokens, the requests): the
+    service's by default, PostGraphile's GraphQL ones for control 5."""
     data = {
         "users": [user_id(n) for n in numbers],
         "numbers": numbers,
@@ -157,11 +163,11 @@ def write_wrk_files(
         "terms": [search_term(n) for n in numbers],
         "tags": [filter_tag(n) for n in numbers],
         "per_user": per_user,
-        "requests": {name: vars(request) for name, request in REQUESTS.items()},
+        "requests": {name: vars(request) for name, request in requests.items()},
         "mix": [list(entry) for entry in MIX],
     }
     script, data_file = directory / "bench.lua", directory / "data.lua"
-    script.write_text(WRK_SCRIPT)
+    script.write_text(script_text)
     data_file.write_text("return " + _lua(data) + "\n")
     return script, data_file
 

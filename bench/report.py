@@ -1,5 +1,5 @@
 """The results: measurements, the ratios that give them meaning, the targets of issues
-5, 12 and 13, as JSON, a markdown table and a PNG of the growth curve."""
+5, 12, 13 and 15, as JSON, a markdown table and a PNG of the growth curve."""
 
 import json
 import shutil
@@ -14,6 +14,7 @@ TARGETS = {
     "no_rls": "2. same, RLS bypassed",
     "no_db": "3. no database (GET /bench/whoami)",
     "pgbench": "4. pgbench, the service's SQL",
+    "postgraphile": "5. PostGraphile, the same table",
 }
 # Issue 5's targets.
 MIN_ISOLATION_RATIO = 0.95
@@ -26,6 +27,13 @@ MAX_WORKER_MB = 150.0
 # call (the history's: check the conversation, read it and store the message; then store
 # the tool calls and the reply).
 CHAT_HISTORY_TRANSACTIONS = 2
+# Issue 15's: against PostGraphile (control 5), the service's req/s at least this many
+# times PostGraphile's on these scenarios, at every worker count compared; its p99 at
+# most PostGraphile's on those; each round's req/s within this share of the median.
+MIN_POSTGRAPHILE_RATIO = 1.5
+POSTGRAPHILE_RATIO_SCENARIOS = ("list", "create")
+POSTGRAPHILE_P99_SCENARIOS = ("list", "get", "create")
+MAX_ROUND_SPREAD = 0.10
 
 
 @dataclass
@@ -43,6 +51,7 @@ class Measurement:
     connections_per_worker: list[int] | None = None  # how wrk's connections fell on the workers
     other_cpu_percent: float | None = None  # of the machine's CPU, used by anything but the benchmark
     rounds_rps: list[float] | None = None  # each round's req/s, when combined from rounds
+    workers: int | None = None  # the server's worker processes (None: pgbench)
     # What the load cost, from its start to the last request in flight answered
     # (bench.service.RequestCost): requests the service answered, commits PostgreSQL
     # counted in the database, CPU seconds of the service's processes and of PostgreSQL's.
@@ -73,6 +82,12 @@ class Measurement:
             "service_cpu_us_per_request": self.cpu_us(self.service_cpu_s),
             "database_cpu_us_per_request": self.cpu_us(self.database_cpu_s),
         }
+
+
+def round_spread(rounds_rps: list[float]) -> float:
+    """How far the round furthest from the median is from it, as a share of the median."""
+    middle = median(rounds_rps)
+    return max(abs(rps - middle) for rps in rounds_rps) / middle if middle else 0.0
 
 
 def _total(values: list[Any]) -> Any:
@@ -202,12 +217,27 @@ class Report:
     # scenario -> its commits per request, counted exactly (list and chat)
     transactions: dict[str, TransactionCount] = field(default_factory=dict)
 
-    def find(self, target: str, scenario: str) -> Measurement | None:
-        return next((m for m in self.measurements if m.target == target and m.scenario == scenario), None)
+    def at_main_workers(self, m: Measurement) -> bool:
+        """Whether the measurement is of the main suite's servers (the run's --workers), not
+        of the comparison with PostGraphile at another worker count."""
+        return m.workers is None or m.workers == self.meta.get("workers")
 
-    def ratio(self, scenario: str, control: str) -> float | None:
-        service = self.find("service", scenario)
-        other = self.find(control, "whoami" if control == "no_db" else scenario)
+    def find(self, target: str, scenario: str, workers: int | None = None) -> Measurement | None:
+        """The measurement of `target` on `scenario`: of the main suite, or at `workers`."""
+        return next(
+            (
+                m
+                for m in self.measurements
+                if m.target == target
+                and m.scenario == scenario
+                and (self.at_main_workers(m) if workers is None else m.workers in (None, workers))
+            ),
+            None,
+        )
+
+    def ratio(self, scenario: str, control: str, workers: int | None = None) -> float | None:
+        service = self.find("service", scenario, workers)
+        other = self.find(control, "whoami" if control == "no_db" else scenario, workers)
         if service is None or other is None or not other.rps:
             return None
         return service.rps / other.rps
@@ -220,16 +250,115 @@ class Report:
         return chat.rps / listed.rps
 
     def ratios(self) -> dict[str, dict[str, float | None]]:
-        scenarios = [m.scenario for m in self.measurements if m.target == "service"]
+        scenarios = [
+            m.scenario for m in self.measurements if m.target == "service" and self.at_main_workers(m)
+        ]
         return {
             s: {
                 "1/2": self.ratio(s, "no_rls"),
                 "1/3": self.ratio(s, "no_db"),
                 "1/4": self.ratio(s, "pgbench"),
+                "1/5": self.ratio(s, "postgraphile"),
                 "chat/list": self.chat_to_list() if s == "chat" else None,
             }
             for s in scenarios
         }
+
+    def compared_workers(self) -> list[int]:
+        """The worker counts at which the service is compared with PostGraphile: those the
+        run was asked for, and any it has measurements at."""
+        asked = set(self.meta.get("compare_workers") or ())
+        measured = {m.workers for m in self.measurements if m.target == "postgraphile" and m.workers}
+        return sorted(asked | measured)
+
+    def compared(self) -> list[tuple[str, int]]:
+        """(scenario, workers) of the comparison with PostGraphile: list, get and create at
+        the run's worker count, list and create at the others."""
+        main = self.meta.get("workers")
+        return [
+            (scenario, workers)
+            for workers in self.compared_workers()
+            for scenario in POSTGRAPHILE_P99_SCENARIOS
+            if workers == main or scenario in POSTGRAPHILE_RATIO_SCENARIOS
+        ]
+
+    def issue_15_targets(self) -> list[Target]:
+        """Issue 15's: against PostGraphile, the spread of the rounds, isolation on every
+        scenario, and the CPU per request of each."""
+        targets = []
+        for workers in self.compared_workers():
+            for scenario in POSTGRAPHILE_RATIO_SCENARIOS:
+                value = self.ratio(scenario, "postgraphile", workers)
+                service, other = (
+                    self.find("service", scenario, workers),
+                    self.find("postgraphile", scenario, workers),
+                )
+                targets.append(
+                    Target(
+                        f"against PostGraphile: {scenario} at {workers} worker(s), "
+                        "service / PostGraphile (req/s)",
+                        value,
+                        f">= {MIN_POSTGRAPHILE_RATIO}",
+                        None if value is None else value >= MIN_POSTGRAPHILE_RATIO,
+                        f"{service.rps:,.0f} / {other.rps:,.0f} req/s" if service and other else "",
+                    )
+                )
+        for scenario, workers in self.compared():
+            service, other = (
+                self.find("service", scenario, workers),
+                self.find("postgraphile", scenario, workers),
+            )
+            targets.append(
+                Target(
+                    f"p99 latency: {scenario} at {workers} worker(s), service (ms)",
+                    service.p99_ms if service else None,
+                    f"<= PostGraphile's ({other.p99_ms:.2f} ms)" if other else "<= PostGraphile's",
+                    None if service is None or other is None else service.p99_ms <= other.p99_ms,
+                )
+            )
+        spreads = {
+            f"{m.scenario} at {m.workers} worker(s)" if m.workers else m.scenario: round_spread(m.rounds_rps)
+            for m in self.measurements
+            if m.target == "service" and m.rounds_rps and len(m.rounds_rps) >= 2
+        }
+        worst = max(spreads.items(), key=lambda item: item[1], default=None)
+        over = [f"{name} {spread:.0%}" for name, spread in spreads.items() if spread > MAX_ROUND_SPREAD]
+        targets.append(
+            Target(
+                "round-to-round spread of the service's req/s (largest distance of a round from the median)",
+                worst[1] if worst else None,
+                f"<= {MAX_ROUND_SPREAD:.2f} of the median",
+                None if worst is None else not over,
+                ("over: " + ", ".join(over)) if over else (f"the largest: {worst[0]}" if worst else ""),
+            )
+        )
+        # Issue 5's, on every scenario now, each request's hardening included.
+        for scenario, ratios in self.ratios().items():
+            value = ratios["1/2"]
+            targets.append(
+                Target(
+                    f"isolation cost: {scenario} with RLS / without (req/s)",
+                    value,
+                    f">= {MIN_ISOLATION_RATIO}",
+                    None if value is None else value >= MIN_ISOLATION_RATIO,
+                )
+            )
+        served = [m for m in self.measurements if m.target == "service" and self.at_main_workers(m)]
+        missing = [
+            m.scenario
+            for m in served
+            if m.cpu_us(m.service_cpu_s) is None or m.cpu_us(m.database_cpu_s) is None
+        ]
+        targets.append(
+            Target(
+                "CPU per request given for every scenario, service and PostgreSQL (µs)",
+                float(len(served) - len(missing)),
+                f"all {len(served)} scenarios",
+                None if not served else not missing,
+                ("missing: " + ", ".join(missing)) if missing else "",
+            )
+        )
+        return targets
 
     def chat_transactions_target(self) -> Target:
         """Issue 13's: the transactions of one chat message, counted exactly, at most two
@@ -345,7 +474,7 @@ class Report:
             "meta": self.meta,
             "measurements": [{**asdict(m), **m.per_request()} for m in self.measurements],
             "ratios": self.ratios(),
-            "targets": [asdict(t) for t in self.targets()],
+            "targets": [asdict(t) for t in [*self.targets(), *self.issue_15_targets()]],
             "growth": [
                 {
                     **{k: v for k, v in asdict(point).items() if k != "plans"},
@@ -370,6 +499,69 @@ def _p50(point: GrowthPoint, scenario: str) -> float | None:
 
 def _met(target: Target) -> str:
     return "not measured" if target.met is None else ("**met**" if target.met else "**missed**")
+
+
+def _target_row(target: Target) -> str:
+    measured = _num(target.measured, 2) + (f" ({target.detail})" if target.detail else "")
+    return f"| {target.name} | {measured} | {target.limit} | {_met(target)} |"
+
+
+def _postgraphile_section(report: Report) -> list[str]:
+    """Control 5 beside the service at each worker count compared: what a user would
+    pick instead, on the same table, the same users' tokens, the same load."""
+    about = report.meta.get("postgraphile_details") or {}
+    lines = ["", "## Against PostGraphile (control 5, issue 15)", ""]
+    if about.get("unavailable"):
+        return [*lines, f"PostGraphile was not measured: {about['unavailable']}."]
+    if not report.compared_workers():
+        return []
+    if about.get("version"):
+        lines += [
+            f"PostGraphile {about['version']} on Node {about.get('node', '?')}: "
+            f"`postgraphile {about.get('options', '')}`, with as many cluster workers as the service "
+            "has workers (one process at 1), serving a copy of the seeded tables in a database of "
+            f"its own (`{about.get('database', '?')}`) on the same server: row-level security "
+            f"forced, the policy `user_id = {about.get('policy', '?')}`, connected as a role that "
+            "is neither the owner nor BYPASSRLS; every request runs as `--default-role` with the "
+            "JWT's claims set. The same users' tokens as the service's. An answer with GraphQL "
+            "`errors` counts as an error. CPU per request: PostGraphile's node processes, and "
+            "PostgreSQL's (as for the service).",
+            "",
+        ]
+    lines += [
+        "| scenario | workers | service req/s (rounds) | PostGraphile req/s (rounds) "
+        "| service / PostGraphile | p50 ms, service / PostGraphile | p99 ms, service / PostGraphile "
+        "| CPU µs per request, service + PostgreSQL | PostGraphile + PostgreSQL "
+        "| errors, service / PostGraphile |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def rate(m: Measurement | None) -> str:
+        if m is None:
+            return "-"
+        each = ", ".join(f"{rps:,.0f}" for rps in m.rounds_rps) if m.rounds_rps else ""
+        return _num(m.rps, 0) + (f" ({each})" if each else "")
+
+    def cpu(m: Measurement | None) -> str:
+        if m is None:
+            return "-"
+        return f"{_num(m.cpu_us(m.service_cpu_s), 0)} + {_num(m.cpu_us(m.database_cpu_s), 0)}"
+
+    for scenario, workers in report.compared():
+        service, other = (
+            report.find("service", scenario, workers),
+            report.find("postgraphile", scenario, workers),
+        )
+        pair = (service, other)
+        p50 = " / ".join(_num(m.p50_ms if m else None, 2) for m in pair)
+        p99 = " / ".join(_num(m.p99_ms if m else None, 2) for m in pair)
+        errors = " / ".join("-" if m is None else str(m.errors) for m in pair)
+        lines.append(
+            f"| {scenario} | {workers} | {rate(service)} | {rate(other)} "
+            f"| {_num(report.ratio(scenario, 'postgraphile', workers), 2)} | {p50} | {p99} "
+            f"| {cpu(service)} | {cpu(other)} | {errors} |"
+        )
+    return lines
 
 
 def _chat_section(report: Report) -> list[str]:
@@ -447,7 +639,8 @@ def to_markdown(report: Report, chart: str | None) -> str:
     listed = ("list", "get", "search", "tag", "due", "create", "toggle", "mix", "chat", "whoami")
     order = {name: i for i, name in enumerate(listed)}
     for m in sorted(
-        report.measurements, key=lambda m: (order.get(m.scenario, len(listed)), list(TARGETS).index(m.target))
+        filter(report.at_main_workers, report.measurements),
+        key=lambda m: (order.get(m.scenario, len(listed)), list(TARGETS).index(m.target)),
     ):
         memory = "-" if m.memory_peak_mb is None else f"{m.memory_peak_mb:.0f} / {m.memory_mean_mb:.0f}"
         spread = " + ".join(map(str, m.connections_per_worker)) if m.connections_per_worker else "-"
@@ -464,14 +657,15 @@ def to_markdown(report: Report, chart: str | None) -> str:
         "## Ratios (req/s of the service / req/s of the control)",
         "",
         "| scenario | 1/2 cost of isolation | 1/3 of the framework's ceiling "
-        "| 1/4 of the database's ceiling | chat / list (the chat's control) |",
-        "|---|---:|---:|---:|---:|",
+        "| 1/4 of the database's ceiling | 1/5 against PostGraphile | chat / list (the chat's control) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for scenario, ratios in report.ratios().items():
         lines.append(
             f"| {scenario} | {_num(ratios['1/2'], 2)} | {_num(ratios['1/3'], 2)} | {_num(ratios['1/4'], 2)} "
-            f"| {_num(ratios['chat/list'], 2)} |"
+            f"| {_num(ratios['1/5'], 2)} | {_num(ratios['chat/list'], 2)} |"
         )
+    lines += _postgraphile_section(report)
     lines += _chat_section(report)
     lines += [
         "",
@@ -481,8 +675,16 @@ def to_markdown(report: Report, chart: str | None) -> str:
         "|---|---:|---|---|",
     ]
     for target in report.targets():
-        measured = _num(target.measured, 2) + (f" ({target.detail})" if target.detail else "")
-        lines.append(f"| {target.name} | {measured} | {target.limit} | {_met(target)} |")
+        lines.append(_target_row(target))
+    lines += [
+        "",
+        "## Targets (issue 15)",
+        "",
+        "| target | measured | limit | |",
+        "|---|---:|---|---|",
+    ]
+    for target in report.issue_15_targets():
+        lines.append(_target_row(target))
     if report.growth:
         scenarios = list(dict.fromkeys(name for point in report.growth for name in point.measured))
         lines += [

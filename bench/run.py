@@ -5,7 +5,9 @@ seed up to that size; at the first size, capture the service's statements; at a 
 size, measure the latency of the reads (list, get, search, tag, due) and show their
 plans; at the main size, every
 scenario against the service and its controls, interleaved per scenario so that all
-configurations see the same table; then delete what the write scenarios added.
+configurations see the same table, then list and create against the service and
+PostGraphile at the other worker counts compared; then delete what the write scenarios
+added.
 """
 
 import asyncio
@@ -16,8 +18,9 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -32,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from app.auth import TokenVerifier
 from app.config import Settings
-from bench import capture, database, load, pgbench, report, transactions
+from bench import capture, database, load, pgbench, postgraphile, report, transactions
 from bench.database import BenchDatabase
 from bench.report import GrowthPoint, Measurement, Report, combine
 from bench.service import (
@@ -66,6 +69,13 @@ class Options:
     growth_duration: int = 10
     growth_connections: int = 1
     rounds: int = 3
+    # Control 5 (bench/postgraphile.py): PostGraphile on a copy of the tables, on list,
+    # get and create in the main suite.
+    postgraphile: bool = True
+    # The worker counts at which list and create are measured on the service and on
+    # PostGraphile (issue 15's "at 1 and at 2 workers"): `workers` in the main suite,
+    # each other one in a step of its own after it.
+    compare_workers: tuple[int, ...] = (1, 2)
     # A measurement that other processes took CPU from is taken again, up to this many
     # times in all, each after waiting up to quiet_wait seconds for a quiet machine.
     quiet_tries: int = 2
@@ -175,6 +185,10 @@ class Bench:
         )
         self.settings = service_settings(db, keys, db.runtime_url)
         self.verifier = TokenVerifier(self.settings)
+        # Control 5: PostGraphile once installed, its database once made (its login's
+        # password), or why not.
+        self.postgraphile: postgraphile.Installed | None = None
+        self.postgraphile_password: str | None = None
 
     # --- the table -------------------------------------------------------------------
 
@@ -199,6 +213,8 @@ class Bench:
 
     def restore(self) -> None:
         database.restore(self.db.admin_url, self.seeded_users * self.options.tasks_per_user)
+        if self.postgraphile_password is not None:
+            postgraphile.restore(self.db.admin_url, self.seeded_users * self.options.tasks_per_user)
 
     def capture_statements(self) -> dict[str, list[capture.Statement]]:
         if self.captured is None:
@@ -227,13 +243,99 @@ class Bench:
                 f"{counted.transactions_per_request:g} transaction(s){calls} (exact count)"
             )
 
+    # --- control 5, PostGraphile -----------------------------------------------------
+
+    def postgraphile_ready(self) -> bool:
+        """PostGraphile installed (once) and its database copied from the seeded tables
+        (once, at the main size); False, and the report says why, when the run leaves it
+        out or it cannot be installed: the run goes on without it."""
+        about = self.report.meta.setdefault("postgraphile_details", {})
+        if self.postgraphile is None:
+            if about.get("unavailable"):
+                return False
+            installed = (
+                postgraphile.install(console.print)
+                if self.options.postgraphile
+                else "left out of this run (--no-postgraphile)"
+            )
+            if isinstance(installed, str):
+                about["unavailable"] = installed
+                if self.options.postgraphile:
+                    warning = f"PostGraphile (control 5) was not measured: {installed}"
+                    console.print(f"[yellow]warning: {warning}[/yellow]")
+                    self.report.meta.setdefault("warnings", []).append(warning)
+                return False
+            self.postgraphile = installed
+            about.update(
+                version=installed.version,
+                node=installed.node_version,
+                options=postgraphile.shown_command(self.settings.db_pool_size),
+                database=postgraphile.DATABASE,
+                policy=postgraphile.SUB_SETTING,
+            )
+        if self.postgraphile_password is None:
+            started = time.monotonic()
+            self.postgraphile_password = postgraphile.create_database(self.db.admin_url)
+            about["copy_seconds"] = round(time.monotonic() - started, 1)
+            console.print(f"  PostGraphile's database: the seeded tables copied in {about['copy_seconds']} s")
+        return True
+
+    @property
+    def postgraphile_db(self) -> BenchDatabase:
+        """PostGraphile's database on the benchmark's server: its commits are counted there."""
+        return replace(self.db, admin_url=postgraphile.admin_url(self.db.admin_url))
+
+    @contextmanager
+    def postgraphile_server(self, workers: int, tag: str) -> Iterator[RunningService | None]:
+        """PostGraphile with `workers` workers, every worker primed and its isolation
+        checked; None when it is not measured."""
+        if not self.postgraphile_ready():
+            yield None
+            return
+        assert self.postgraphile is not None and self.postgraphile_password is not None
+        connection = postgraphile.node_url(
+            self.db.admin_url, postgraphile.LOGIN_ROLE, self.postgraphile_password
+        )
+        with postgraphile.postgraphile_service(
+            self.postgraphile,
+            connection,
+            self.workdir / tag,
+            workers,
+            self.keys.jwt_secret,
+            self.settings.db_pool_size,
+        ) as service:
+            users = load.load_users(self.seeded_users)
+            n, other = users[0], users[-1]
+            token = self.verifier.issue(database.user_id(n), TOKEN_TTL)
+            # Every worker builds its schema on its first request: not in a measurement.
+            load.prime(
+                service.base_url,
+                service.client_ports_per_worker,
+                postgraphile.REQUESTS["list"],
+                postgraphile.REQUESTS["list"].path,
+                token,
+            )
+            postgraphile.check_isolation(service.base_url, token, n, other, self.options.tasks_per_user)
+            yield service
+
     # --- load ------------------------------------------------------------------------
 
-    def wrk_files(self, tag: str) -> tuple[Path, Path]:
+    def wrk_files(self, tag: str, graphql: bool = False) -> tuple[Path, Path]:
+        """wrk's script and data for the service's requests, or with `graphql` for
+        PostGraphile's (control 5), over the same users' tokens."""
         numbers = load.load_users(self.seeded_users)
         tokens = [self.verifier.issue(database.user_id(n), TOKEN_TTL) for n in numbers]
-        directory = self.workdir / "wrk" / tag
+        directory = self.workdir / "wrk" / (f"{tag}-graphql" if graphql else tag)
         directory.mkdir(parents=True, exist_ok=True)
+        if graphql:
+            return load.write_wrk_files(
+                directory,
+                numbers,
+                tokens,
+                self.options.tasks_per_user,
+                postgraphile.REQUESTS,
+                postgraphile.WRK_SCRIPT,
+            )
         return load.write_wrk_files(directory, numbers, tokens, self.options.tasks_per_user)
 
     def prime(self, service: RunningService, scenario: str) -> None:
@@ -258,7 +360,10 @@ class Bench:
         seconds: int,
         connections: int,
         warm: bool = True,
+        db: BenchDatabase | None = None,
     ) -> Measurement:
+        """One wrk measurement; its commits are counted in `db` (by default the
+        benchmark's database, PostGraphile's for control 5)."""
         assert self.wrk is not None
         script, data = files
         # One connection per worker or fewer cannot be spread; more must be.
@@ -285,7 +390,7 @@ class Bench:
             with (
                 self.cpu_account() as cpu,
                 MemorySampler(service) as memory,
-                RequestCost(service, self.db) as cost,
+                RequestCost(service, db or self.db) as cost,
             ):
                 measured = run(seconds=seconds)
         except RuntimeError:
@@ -294,6 +399,7 @@ class Bench:
                 console.print(service.output()[-3000:], markup=False, highlight=False)
             raise
         measured.other_cpu_percent = cpu.other_percent
+        measured.workers = service.workers
         measured.memory_peak_mb, measured.memory_mean_mb = memory.peak_mb, memory.mean_mb
         measured.served, measured.commits = cost.served, cost.commits
         measured.service_cpu_s, measured.database_cpu_s = cost.service_cpu_s, cost.database_cpu_s
@@ -336,10 +442,11 @@ class Bench:
         seconds: int,
         connections: int,
         warm: bool = True,
+        db: BenchDatabase | None = None,
     ) -> Measurement:
         return self.measure(
             lambda: self._drive_once(
-                service, files, target, scenario, seconds=seconds, connections=connections, warm=warm
+                service, files, target, scenario, seconds=seconds, connections=connections, warm=warm, db=db
             )
         )
 
@@ -384,8 +491,13 @@ class Bench:
             memory += " per request"
         if m.connections_per_worker:
             memory += f", connections per worker {m.connections_per_worker}"
+        workers = (
+            f" ({m.workers} worker{'s' if m.workers != 1 else ''})"
+            if m.workers not in (None, self.options.workers)
+            else ""
+        )
         console.print(
-            f"  {report.TARGETS[m.target]:<38} {m.scenario:<7} {m.rps:>9,.0f} req/s  "
+            f"  {report.TARGETS[m.target] + workers:<38} {m.scenario:<7} {m.rps:>9,.0f} req/s  "
             f"p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms  errors {m.errors}{memory}"
         )
         if m.other_cpu_percent is not None and m.other_cpu_percent > BUSY_CPU_PERCENT:
@@ -454,12 +566,22 @@ class Bench:
         shipped_env = service_environment(self.db, self.keys, self.db.runtime_url, data_dir)
         control_env = service_environment(self.db, self.keys, self.db.bypass_url, data_dir)
         measure = {"seconds": options.duration, "connections": options.connections}
+        graphql_scenarios = [s for s in options.scenarios if s in postgraphile.SCENARIOS]
+        graphql_files = self.wrk_files("main", graphql=True) if graphql_scenarios else files
         with (
             shipped_service(shipped_env, self.workdir / "service", options.workers) as shipped,
             control_service(control_env, self.workdir / "control", options.workers) as control,
+            self.postgraphile_server(options.workers, "postgraphile")
+            if graphql_scenarios
+            else nullcontext(None) as graphql,
         ):
             for scenario in options.scenarios:
-                taken: dict[str, list[Measurement]] = {"service": [], "no_rls": [], "pgbench": []}
+                taken: dict[str, list[Measurement]] = {
+                    "service": [],
+                    "no_rls": [],
+                    "pgbench": [],
+                    "postgraphile": [],
+                }
                 if scenario in load.PRIMED_SCENARIOS:
                     self.prime(shipped, scenario)
                     self.prime(control, scenario)
@@ -471,6 +593,17 @@ class Bench:
                     taken["no_rls"].append(self.drive(control, files, "no_rls", scenario, **how))
                     if pgbench.replays(scenario):
                         taken["pgbench"].append(self.pgbench(scenario))
+                    if graphql is not None and scenario in postgraphile.SCENARIOS:
+                        taken["postgraphile"].append(
+                            self.drive(
+                                graphql,
+                                graphql_files,
+                                "postgraphile",
+                                scenario,
+                                **how,
+                                db=self.postgraphile_db,
+                            )
+                        )
                     if scenario not in load.GROWTH_SCENARIOS:  # the reads
                         # The next round meets the seeded table, not this one's writes.
                         self.restore()
@@ -480,6 +613,45 @@ class Bench:
                 for round_number in range(options.rounds)
             ]
             self.report.measurements.append(combine(whoami))
+
+    def compare_at_other_workers(self) -> None:
+        """List and create on the service and on PostGraphile at each worker count of
+        `compare_workers` besides the main suite's, rounds interleaved as there."""
+        options = self.options
+        counts = [w for w in dict.fromkeys(options.compare_workers) if w != options.workers]
+        scenarios = [s for s in postgraphile.COMPARED_SCENARIOS if s in options.scenarios]
+        if not counts or not scenarios:
+            return
+        files, graphql_files = self.wrk_files("main"), self.wrk_files("main", graphql=True)
+        env = service_environment(self.db, self.keys, self.db.runtime_url, self.workdir / "data")
+        measure = {"seconds": options.duration, "connections": options.connections}
+        for workers in counts:
+            console.print(
+                f"[bold]list and create at {workers} worker(s)[/bold], the service and PostGraphile"
+            )
+            with (
+                shipped_service(env, self.workdir / f"service-{workers}w", workers) as shipped,
+                self.postgraphile_server(workers, f"postgraphile-{workers}w") as graphql,
+            ):
+                for scenario in scenarios:
+                    taken: dict[str, list[Measurement]] = {"service": [], "postgraphile": []}
+                    for round_number in range(options.rounds):
+                        how = {**measure, "warm": round_number == 0}
+                        taken["service"].append(self.drive(shipped, files, "service", scenario, **how))
+                        if graphql is not None:
+                            taken["postgraphile"].append(
+                                self.drive(
+                                    graphql,
+                                    graphql_files,
+                                    "postgraphile",
+                                    scenario,
+                                    **how,
+                                    db=self.postgraphile_db,
+                                )
+                            )
+                        if scenario not in load.GROWTH_SCENARIOS:
+                            self.restore()
+                    self.report.measurements += [combine(rounds) for rounds in taken.values() if rounds]
 
     def run(self) -> Report:
         options = self.options
@@ -494,6 +666,11 @@ class Bench:
             if size == options.tasks:
                 self.report.meta["seed_seconds"] = round(seconds, 1)
                 self.main_suite()
+                self.compare_at_other_workers()
+                if self.postgraphile_password is not None:
+                    # Its copy is done with: the larger sizes get its disk.
+                    postgraphile.drop_database(self.db.admin_url)
+                    self.postgraphile_password = None
         return self.report
 
 
@@ -595,6 +772,20 @@ def main(
     growth_connections: Annotated[
         int | None, typer.Option(min=1, help="Connections at growth points [default: 1]")
     ] = None,
+    postgraphile_control: Annotated[
+        bool,
+        typer.Option(
+            "--postgraphile/--no-postgraphile",
+            help="Control 5: PostGraphile on list, get and create (installed with npm when missing)",
+        ),
+    ] = True,
+    compare_workers: Annotated[
+        str | None,
+        typer.Option(
+            help="Worker counts at which list and create are measured on the service and PostGraphile; "
+            "'' for the main suite's only [default: 1,2]"
+        ),
+    ] = None,
     quick: Annotated[
         bool, typer.Option(help="A smoke run of under 2 minutes: 100 x 100 tasks, 2 s per scenario")
     ] = False,
@@ -623,4 +814,7 @@ def main(
         options.scenarios = names
     if growth_sizes is not None:
         options.growth_sizes = _sizes(growth_sizes)
+    options.postgraphile = postgraphile_control
+    if compare_workers is not None:
+        options.compare_workers = _sizes(compare_workers)
     run(options, output)

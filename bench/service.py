@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,8 +194,18 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def serve(
-    command: list[str], env: dict[str, str], workdir: Path, workers: int, port: int
+    command: list[str],
+    env: dict[str, str],
+    workdir: Path,
+    workers: int,
+    port: int,
+    *,
+    service_class: type[RunningService] = RunningService,
+    wait: Callable[[RunningService], None] = _wait_until_serving,
 ) -> Iterator[RunningService]:
+    """`command` in its own process group, logging to workdir/server.log, until `wait`
+    has seen it serve; stopped on exit. The service's own servers by default; control 5
+    (bench/postgraphile.py) brings its own class and wait."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "server.log"
     # A file, not a pipe that nobody reads while the load runs. The working directory
@@ -210,9 +220,9 @@ def serve(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    service = RunningService(f"http://127.0.0.1:{port}", process, log_path, workers)
+    service = service_class(f"http://127.0.0.1:{port}", process, log_path, workers)
     try:
-        _wait_until_serving(service)
+        wait(service)
         yield service
     finally:
         _stop(process)

@@ -3,17 +3,21 @@ table seeded, the service's statements captured, the list's and the chat's trans
 counted, the service and its controls under wrk and pgbench for a second each, a growth
 point with the reads' plans, the report written."""
 
+import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import jwt
 import psycopg
 import pytest
 
+from app.models import TaskPublic
 from app.policies import drift
-from bench import context_statement, report
+from bench import context_statement, postgraphile, report
 from bench.database import (
     BYPASS_ROLE,
     TAGS_PER_USER,
@@ -24,12 +28,14 @@ from bench.database import (
     seed,
     server_log_path,
     server_pid,
+    tag_name,
+    task_tags,
     user_id,
 )
-from bench.load import GROWTH_SCENARIOS
+from bench.load import GROWTH_SCENARIOS, Request
 from bench.run import Bench, Options, Secrets
 from tests.conftest import TEST_CONTEXT_KEY, TEST_DB, DbUrls, Server, missing_tool
-from tests.tokens import TEST_SECRET
+from tests.tokens import TEST_SECRET, forge, make_token
 
 WRK = shutil.which("wrk")
 
@@ -72,6 +78,9 @@ def test_the_benchmark_measures_the_service_and_its_controls(
         # Measured once, busy machine or not: this checks the harness, not the figures.
         quiet_tries=1,
         quiet_wait=0,
+        # PostGraphile (control 5) and the other worker counts: test_the_benchmark_compares_...
+        postgraphile=False,
+        compare_workers=(),
     )
     keys = Secrets(jwt_secret=TEST_SECRET, context_key=TEST_CONTEXT_KEY)
 
@@ -216,6 +225,240 @@ def test_rounds_combine() -> None:
     }
     # A round without a cost (no access log, say): the combined one has none.
     assert report.combine([*rounds[:2], replace(rounds[2], commits=None)]).commits is None
+
+
+def _postgraphile() -> postgraphile.Installed:
+    """PostGraphile as the benchmark installs it (npm, into its cache directory)."""
+    installed = postgraphile.install(print)
+    if isinstance(installed, str):
+        missing_tool(f"PostGraphile cannot be installed: {installed} (.ci/run has npm)")
+    return installed
+
+
+def test_the_postgraphile_control_isolates_users_by_the_tokens_subject(
+    db_url: DbUrls, tmp_path: Path
+) -> None:
+    """Control 5 is honest: PostGraphile's database forces row-level security on a role
+    that is neither the owner nor BYPASSRLS, and each token sees and writes only its
+    subject's tasks; no token, a token of another key or algorithm, an expired one, see
+    nothing and write nothing."""
+    installed = _postgraphile()
+    seed(db_url.admin, 1, 3, 5, lambda rows: None)
+    password = postgraphile.create_database(db_url.admin)
+    try:
+        with psycopg.connect(postgraphile.admin_url(db_url.admin)) as conn:
+            tables = conn.execute(
+                "select relname, pg_get_userbyid(relowner), relrowsecurity, relforcerowsecurity"
+                " from pg_class where relnamespace = 'public'::regnamespace and relkind = 'r' order by 1"
+            ).fetchall()
+            login = conn.execute(
+                "select rolsuper, rolbypassrls, rolinherit from pg_roles where rolname = %s",
+                (postgraphile.LOGIN_ROLE,),
+            ).fetchone()
+            copied = conn.execute("select count(*), max(id) from tasks").fetchone()
+        assert tables == [
+            (name, postgraphile.OWNER_ROLE, True, True) for name in ("tags", "task_tags", "tasks")
+        ]
+        assert login == (False, False, False)
+        assert copied == (15, 15)
+
+        connection = postgraphile.node_url(db_url.admin, postgraphile.LOGIN_ROLE, password)
+        with postgraphile.postgraphile_service(
+            installed, connection, tmp_path / "pg", 1, TEST_SECRET, 2
+        ) as server:
+            base, requests = server.base_url, postgraphile.REQUESTS
+            first, second = user_id(1), user_id(2)
+
+            def count(token: str | None) -> object:
+                return postgraphile.query(base, requests["list"], token)["data"]["allTasks"]["totalCount"]
+
+            answer = postgraphile.query(base, requests["list"], make_token(first))
+            page = answer["data"]["allTasks"]
+            assert page["totalCount"] == 5 and {node["userId"] for node in page["nodes"]} == {first}
+            # The same fields as the service's list, its tags too (a computed column), as
+            # the seed linked them and the service sorts them.
+            for node in page["nodes"]:
+                fields = [re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower() for name in node]
+                assert fields == list(TaskPublic.model_fields), fields
+                names = [tag_name(1, j) for j in task_tags(1, int(node["id"]))]
+                assert node["tags"] == sorted(names, key=lambda name: (name.lower(), name)), node
+            assert any(node["tags"] for node in page["nodes"])
+            own = postgraphile.query(base, requests["get"], make_token(first), first, 1)
+            assert own["data"]["taskByUserIdAndId"]["userId"] == first
+            theirs = postgraphile.query(base, requests["get"], make_token(first), second, 6)
+            assert theirs["data"]["taskByUserIdAndId"] is None and "errors" not in theirs
+            postgraphile.check_isolation(base, make_token(first), 1, 2, 5)
+
+            # A create takes its user from the token, and cannot name another one.
+            created = postgraphile.query(base, requests["create"], make_token(first))
+            assert created["data"]["createTask"]["task"]["userId"] == first
+            assert (count(make_token(first)), count(make_token(second))) == (6, 5)
+            naming = Request(
+                "POST",
+                "/graphql",
+                json.dumps(
+                    {
+                        "query": "mutation($task: TaskInput!)"
+                        " { createTask(input: {task: $task}) { task { id } } }",
+                        "variables": {"task": {"title": "Not mine", "userId": second}},
+                    }
+                ),
+            )
+            refused = postgraphile.query(base, naming, make_token(first))
+            assert "row-level security" in refused["errors"][0]["message"], refused
+
+            # No token: the default role with no subject, which owns nothing.
+            assert count(None) == 0
+            anonymous = postgraphile.query(base, requests["create"], None)
+            assert anonymous["data"]["createTask"] is None and anonymous["errors"], anonymous
+            # Tokens the service would refuse too.
+            claims = jwt.decode(make_token(first), options={"verify_signature": False})
+            for token, status in (
+                (make_token(first, secret="another-secret-that-is-long-enough-0123456789"), 403),
+                # The right key, another algorithm than the one pinned (HS256).
+                (forge({"alg": "HS512", "typ": "JWT"}, claims, digest=hashlib.sha512), 403),
+                (make_token(first, ttl=-60), 401),
+            ):
+                answer = postgraphile.query(base, requests["list"], token)
+                assert answer["status"] == status and "data" not in answer, answer
+            assert (count(make_token(first)), count(make_token(second))) == (6, 5)
+    finally:
+        postgraphile.drop_database(db_url.admin)
+
+
+def test_the_benchmark_compares_the_service_with_postgraphile(
+    pg_server: Server, db_url: DbUrls, tmp_path: Path
+) -> None:
+    """Control 5 in a run: create on the service and on PostGraphile at 1 worker (the
+    main suite, with the other controls) and at 2 (a PostGraphile cluster), the ratios
+    and issue 15's targets in the report, PostGraphile's database gone after. Create
+    alone, to keep the suite short: it writes, so both databases are restored between
+    rounds (and PostGraphile's isolation check at the second start, which counts one
+    user's tasks, finds its rows back as copied); the list's GraphQL runs at each start's
+    check, and in the test above."""
+    if WRK is None:
+        missing_tool("wrk is not installed (apt-get install wrk; .ci/run installs it)")
+    _postgraphile()
+    create_bypass_role(db_url.admin)
+    db = BenchDatabase(
+        admin_url=db_url.admin,
+        owner_url=db_url.owner,
+        runtime_url=db_url.runtime,
+        bypass_url=pg_server.url(TEST_DB, BYPASS_ROLE),
+        log_path=server_log_path(db_url.admin),
+        pid=server_pid(db_url.admin),
+    )
+    options = Options(
+        users=4,
+        tasks_per_user=5,
+        duration=1,
+        warmup=0,
+        connections=4,
+        workers=1,
+        scenarios=("create",),
+        growth_sizes=(),
+        rounds=1,
+        quiet_tries=1,
+        quiet_wait=0,
+        compare_workers=(1, 2),
+    )
+    keys = Secrets(jwt_secret=TEST_SECRET, context_key=TEST_CONTEXT_KEY)
+    result = Bench(options, db, tmp_path, WRK, keys).run()
+    report.write(result, tmp_path / "results", "postgraphile")
+
+    written = json.loads((tmp_path / "results" / "latest.json").read_text())
+    measured = {(m["target"], m["scenario"], m["workers"]) for m in written["measurements"]}
+    compared = {(target, "create", workers) for target in ("service", "postgraphile") for workers in (1, 2)}
+    assert compared <= measured, measured
+    for m in written["measurements"]:
+        if m["target"] == "postgraphile":
+            # Every answer a success (GraphQL errors count), its cost per request: node's
+            # CPU, PostgreSQL's, and about one commit (its transaction) in its own database.
+            assert m["requests"] > 0 and m["errors"] == 0, m
+            assert m["service_cpu_us_per_request"] > 0 and m["database_cpu_us_per_request"] > 0, m
+            assert m["commits"] > 0 and m["memory_peak_mb"] > 10, m
+    assert written["ratios"]["create"]["1/5"] > 0, written["ratios"]
+    assert written["meta"]["postgraphile_details"]["version"].startswith("4.")
+
+    targets = {t["name"]: t for t in written["targets"]}
+    for workers in (1, 2):
+        ratio = targets[
+            f"against PostGraphile: create at {workers} worker(s), service / PostGraphile (req/s)"
+        ]
+        assert ratio["measured"] > 0 and ratio["met"] is not None, ratio
+        assert targets[f"p99 latency: create at {workers} worker(s), service (ms)"]["met"] is not None
+        # Not measured here: the list's.
+        assert targets[f"p99 latency: list at {workers} worker(s), service (ms)"]["met"] is None
+    assert targets["isolation cost: create with RLS / without (req/s)"]["met"] is not None
+    assert targets["CPU per request given for every scenario, service and PostgreSQL (µs)"]["met"] is True
+
+    markdown = (tmp_path / "results" / "postgraphile.md").read_text()
+    assert "## Against PostGraphile (control 5, issue 15)" in markdown and "## Targets (issue 15)" in markdown
+    assert "| create | 2 | " in markdown and "5. PostGraphile, the same table" in markdown
+    with psycopg.connect(db_url.admin) as conn:
+        assert conn.execute("select count(*), max(id) from tasks").fetchone() == (20, 20)
+        gone = conn.execute(
+            "select 1 from pg_database where datname = %s", (postgraphile.DATABASE,)
+        ).fetchone()
+        assert gone is None
+
+
+def test_issue_15_targets() -> None:
+    """Issue 15's targets from measurements: the ratios and p99s against PostGraphile at
+    each worker count, the spread of the rounds, isolation on every scenario, CPU."""
+
+    def measured(
+        target: str, scenario: str, workers: int | None, rps: float, p99: float, **more: object
+    ) -> report.Measurement:
+        return report.Measurement(
+            target=target,
+            scenario=scenario,
+            requests=100,
+            errors=0,
+            seconds=1.0,
+            rps=rps,
+            p50_ms=p99 / 4,
+            p99_ms=p99,
+            workers=workers,
+            **({"served": 100, "service_cpu_s": 0.2, "database_cpu_s": 0.1} | more),  # type: ignore[arg-type]
+        )
+
+    result = report.Report(
+        meta={"workers": 2, "compare_workers": (1, 2)},
+        measurements=[
+            measured("service", "list", 2, 900, 40, rounds_rps=[900, 850, 1000]),
+            measured("no_rls", "list", 2, 920, 40),
+            measured("postgraphile", "list", 2, 500, 50),
+            measured("service", "get", 2, 1200, 30, rounds_rps=[1200, 1150, 1250]),
+            measured("no_rls", "get", 2, 1300, 30),
+            measured("postgraphile", "get", 2, 1000, 20),
+            measured("service", "create", 2, 700, 60),
+            measured("no_rls", "create", 2, 700, 60, service_cpu_s=None),
+            measured("postgraphile", "create", 2, 500, 70),
+            measured("service", "list", 1, 500, 50),
+            measured("postgraphile", "list", 1, 300, 60),
+            measured("service", "create", 1, 400, 60),
+            # No PostGraphile at 1 worker on create: not measured.
+        ],
+    )
+    targets = {t.name: t for t in result.issue_15_targets()}
+    ratio = "against PostGraphile: {} at {} worker(s), service / PostGraphile (req/s)"
+    assert (targets[ratio.format("list", 2)].measured, targets[ratio.format("list", 2)].met) == (1.8, True)
+    assert targets[ratio.format("create", 2)].met is False  # 1.4
+    assert targets[ratio.format("list", 1)].met is True and targets[ratio.format("create", 1)].met is None
+    p99 = "p99 latency: {} at {} worker(s), service (ms)"
+    assert [targets[p99.format(name, 2)].met for name in ("list", "get", "create")] == [True, False, True]
+    assert p99.format("get", 1) not in targets  # get is compared at the main suite's workers only
+    spread = targets[
+        "round-to-round spread of the service's req/s (largest distance of a round from the median)"
+    ]
+    # list: 1000 is 100/900 = 11% from its median; get's rounds are within 5%.
+    assert spread.met is False and spread.measured == pytest.approx(100 / 900) and "list" in spread.detail
+    isolation = "isolation cost: {} with RLS / without (req/s)"
+    assert [targets[isolation.format(n)].met for n in ("list", "get", "create")] == [True, False, True]
+    assert targets["CPU per request given for every scenario, service and PostgreSQL (µs)"].met is True
+    # The main suite's ratios are those at its workers.
+    assert result.ratios()["list"]["1/5"] == 1.8
 
 
 def test_the_context_statement_measurement_runs(pg_server: Server, db_url: DbUrls, tmp_path: Path) -> None:
