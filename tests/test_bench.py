@@ -40,6 +40,19 @@ from tests.tokens import TEST_SECRET, forge, make_token
 WRK = shutil.which("wrk")
 
 
+def bench_database(pg_server: Server, db_url: DbUrls, log_path: Path | None) -> BenchDatabase:
+    """The test's database as the benchmark sees its own, the bypass role created."""
+    create_bypass_role(db_url.admin)
+    return BenchDatabase(
+        admin_url=db_url.admin,
+        owner_url=db_url.owner,
+        runtime_url=db_url.runtime,
+        bypass_url=pg_server.url(TEST_DB, BYPASS_ROLE),
+        log_path=log_path,
+        pid=server_pid(db_url.admin),
+    )
+
+
 def test_the_benchmark_measures_the_service_and_its_controls(
     pg_server: Server, db_url: DbUrls, tmp_path: Path
 ) -> None:
@@ -51,15 +64,7 @@ def test_the_benchmark_measures_the_service_and_its_controls(
         if not os.environ.get("TODO_TEST_ADMIN_URL"):
             pytest.fail(message)  # the tests' own embedded server has one: its absence is a bug
         pytest.skip(message)
-    create_bypass_role(db_url.admin)
-    db = BenchDatabase(
-        admin_url=db_url.admin,
-        owner_url=db_url.owner,
-        runtime_url=db_url.runtime,
-        bypass_url=pg_server.url(TEST_DB, BYPASS_ROLE),
-        log_path=log_path,
-        pid=server_pid(db_url.admin),
-    )
+    db = bench_database(pg_server, db_url, log_path=log_path)
     options = Options(
         users=4,
         tasks_per_user=5,
@@ -339,15 +344,7 @@ def test_the_benchmark_compares_the_service_with_postgraphile(
     if WRK is None:
         missing_tool("wrk is not installed (apt-get install wrk; .ci/run installs it)")
     _postgraphile()
-    create_bypass_role(db_url.admin)
-    db = BenchDatabase(
-        admin_url=db_url.admin,
-        owner_url=db_url.owner,
-        runtime_url=db_url.runtime,
-        bypass_url=pg_server.url(TEST_DB, BYPASS_ROLE),
-        log_path=server_log_path(db_url.admin),
-        pid=server_pid(db_url.admin),
-    )
+    db = bench_database(pg_server, db_url, log_path=server_log_path(db_url.admin))
     options = Options(
         users=4,
         tasks_per_user=5,
@@ -466,15 +463,7 @@ def test_the_context_statement_measurement_runs(pg_server: Server, db_url: DbUrl
     context statement for Citus"): every configuration replayed, the calls of
     app.current_user_id() counted, and the shipped policies and function back at the
     end."""
-    create_bypass_role(db_url.admin)
-    db = BenchDatabase(
-        admin_url=db_url.admin,
-        owner_url=db_url.owner,
-        runtime_url=db_url.runtime,
-        bypass_url=pg_server.url(TEST_DB, BYPASS_ROLE),
-        log_path=None,
-        pid=server_pid(db_url.admin),
-    )
+    db = bench_database(pg_server, db_url, log_path=None)
     options = context_statement.Options(
         users=4, tasks_per_user=5, duration=1, rounds=1, clients=2, loop_calls=1_000, loop_repeats=1
     )
