@@ -46,6 +46,23 @@ TEST_CONTEXT_KEY = "test-context-key-that-is-long-enough-0123456789"
 ROLE_PASSWORD = "todo-test-password"
 
 
+# Modules of long tests (30-50 s each: real instances, a benchmark run, the fuzzer),
+# run first: pytest-xdist hands tests out in collection order, and one of them started
+# last would leave the other worker idle while it finishes.
+LONG_FIRST = (
+    "test_scale_out.py",
+    "test_bench.py",
+    "test_fuzz.py",
+    "test_cli.py",
+    "test_token_key_rotation.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Stable: the same order on every worker, as xdist requires.
+    items.sort(key=lambda item: item.path.name not in LONG_FIRST)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The figures a test recorded with record_property("figures", text), at the end of the
     run whether it passed or failed: pytest shows a passing test's output only with -s or
