@@ -422,13 +422,12 @@ def list_context_keys() -> None:
 @context_keys_cli.command("add")
 def add_context_key() -> None:
     """Add RLS_CONTEXT_KEY's key to those the database accepts; the others stay."""
-    settings = _load_settings()
-    current = _current_key_id(settings)
-    settings = _with_secrets(settings, "rls_context_key")
+    settings = _with_secrets(_load_settings(), "rls_context_key")
     assert settings.rls_context_key is not None
+    key = settings.rls_context_key.get_secret_value().encode()
     with _owner_url(settings) as url:
-        added = install_context_key(url, settings.rls_context_key.get_secret_value().encode())
-    err.print(f"Context key {current} {'added' if added else 'was already accepted'}.")
+        added = install_context_key(url, key)
+    err.print(f"Context key {context_key_id(key)} {'added' if added else 'was already accepted'}.")
 
 
 @context_keys_cli.command("retire")

@@ -501,6 +501,12 @@ def _met(target: Target) -> str:
     return "not measured" if target.met is None else ("**met**" if target.met else "**missed**")
 
 
+def _targets_table(title: str, targets: list[Target]) -> list[str]:
+    return ["", f"## {title}", "", "| target | measured | limit | |", "|---|---:|---|---|"] + [
+        _target_row(target) for target in targets
+    ]
+
+
 def _target_row(target: Target) -> str:
     measured = _num(target.measured, 2) + (f" ({target.detail})" if target.detail else "")
     return f"| {target.name} | {measured} | {target.limit} | {_met(target)} |"
@@ -667,24 +673,8 @@ def to_markdown(report: Report, chart: str | None) -> str:
         )
     lines += _postgraphile_section(report)
     lines += _chat_section(report)
-    lines += [
-        "",
-        "## Targets (issues 5, 12 and 13)",
-        "",
-        "| target | measured | limit | |",
-        "|---|---:|---|---|",
-    ]
-    for target in report.targets():
-        lines.append(_target_row(target))
-    lines += [
-        "",
-        "## Targets (issue 15)",
-        "",
-        "| target | measured | limit | |",
-        "|---|---:|---|---|",
-    ]
-    for target in report.issue_15_targets():
-        lines.append(_target_row(target))
+    lines += _targets_table("Targets (issues 5, 12 and 13)", report.targets())
+    lines += _targets_table("Targets (issue 15)", report.issue_15_targets())
     if report.growth:
         scenarios = list(dict.fromkeys(name for point in report.growth for name in point.measured))
         lines += [
