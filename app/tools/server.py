@@ -13,7 +13,7 @@ answers, built with the official SDK (mcp.server.mcpserver.MCPServer).
 
 import ipaddress
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -26,6 +26,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import ToolAnnotations
 from pydantic import AnyHttpUrl, ConfigDict, create_model
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -84,6 +85,22 @@ def _refusing_unknown_arguments(tool: Tool) -> Tool:
     )
     tool.parameters = strict.model_json_schema(by_alias=True)
     return tool
+
+
+# Each tool as first built, by its method's function: see _tool.
+_built: dict[Callable[..., Any], Tool] = {}
+
+
+def _tool(method: Callable[..., Any], annotations: ToolAnnotations) -> Tool:
+    """The tool of one app's bound method. Its argument model and schema depend on the
+    method's signature alone, and pydantic takes ~25 ms a tool to build them: built once
+    per process, and each app gets a copy bound to its own TaskTools (every test builds
+    an app, and every instance start-up waited for this)."""
+    key = getattr(method, "__func__", method)
+    built = _built.get(key)
+    if built is None:
+        built = _built[key] = _refusing_unknown_arguments(Tool.from_function(method, annotations=annotations))
+    return built.model_copy(update={"fn": method, "annotations": annotations})
 
 
 def _http_url(value: str | None) -> bool:
@@ -202,10 +219,7 @@ def build_mcp(
         # carries.
         validate_token_resource=False,
     )
-    tools = [
-        _refusing_unknown_arguments(Tool.from_function(function, annotations=annotations))
-        for function, annotations in TaskTools(app).tools()
-    ]
+    tools = [_tool(method, annotations) for method, annotations in TaskTools(app).tools()]
     with _sdk_logging_left_alone():
         server: MCPServer = MCPServer(
             name="todo-api",
