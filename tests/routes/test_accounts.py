@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from app.config import Settings
 from app.main import create_app
+from app.routes import accounts
 from app.session import UserSessions
 from tests.conftest import SIGNING_PEM, DbUrls, make_settings, running_app
 from tests.test_limits import client_from
@@ -158,6 +159,17 @@ async def test_wrong_password_and_unknown_email_take_the_same_time(api: httpx.As
     wrong = await median("alice@example.com", "not the password")
     unknown = await median("nobody@example.com", "not the password")
     assert 0.5 < unknown / wrong < 2.0, (unknown, wrong)
+
+
+def test_the_unknown_emails_hash_costs_what_a_password_hash_costs() -> None:
+    """The hash an unknown email is checked against has the parameters (algorithm,
+    version, memory, time, lanes) of the hashes registration stores now."""
+
+    def parameters(hashed: str) -> list[str]:
+        return hashed.split("$")[1:4]  # algorithm, version, m/t/p; then salt and digest
+
+    assert parameters(accounts.DUMMY_HASH) == parameters(accounts.passwords.hash("a password"))
+    assert accounts.passwords.verify("not a password of anyone's", accounts.DUMMY_HASH)
 
 
 async def test_me_without_an_account_is_404(api: httpx.AsyncClient) -> None:
