@@ -23,6 +23,7 @@ still SQLAlchemy's. `transaction` gives the same context to an ORM session, for 
 and for the tests that run unfiltered ORM queries to show that row-level security holds.
 """
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -33,10 +34,12 @@ from typing import Annotated, Any, cast
 import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import text
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.util import greenlet_spawn
 
 from app.auth import CurrentSubject
+from app.config import Settings
 
 # Positional ($1), as asyncpg takes it and SQLAlchemy's asyncpg dialect passes it on.
 # lock_timeout ($4) rides along, transaction-local like the context: the runtime role
@@ -114,7 +117,14 @@ class UserSessions:
     """Opens transactions that act for one user: the request path and the tests use the same."""
 
     def __init__(
-        self, engine: AsyncEngine, context_key: bytes, context_ttl: int, lock_timeout: float
+        self,
+        engine: AsyncEngine,
+        context_key: bytes,
+        context_ttl: int,
+        lock_timeout: float,
+        *,
+        connections: int | None = None,
+        wait: float = 5.0,
     ) -> None:
         self.engine = engine
         self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
@@ -122,6 +132,46 @@ class UserSessions:
         self.key_id = context_key_id(context_key)
         self._ttl = context_ttl
         self._lock_timeout = f"{max(1, round(lock_timeout * 1000))}ms"
+        # Transactions take their turn for the pool's `connections` in the order they
+        # asked, for up to `wait` seconds. SQLAlchemy's pool queue lets a newcomer take a
+        # connection that was being handed to a waiter, which then queues again at the
+        # back: under load, a few requests waited many times the others' wait (the p99
+        # of bench/README.md, round 8). asyncio's Semaphore hands a released slot to the
+        # first waiter, and lets no one past while anyone waits.
+        self._turns = asyncio.Semaphore(connections) if connections else None
+        self._wait = wait
+
+    @classmethod
+    def from_settings(cls, engine: AsyncEngine, settings: Settings) -> "UserSessions":
+        """As the app makes them: signed with RLS_CONTEXT_KEY, a turn for each of the
+        pool's connections, waited for up to DB_CONNECT_TIMEOUT."""
+        if settings.rls_context_key is None:
+            raise ValueError("RLS_CONTEXT_KEY is not set")
+        return cls(
+            engine,
+            settings.rls_context_key.get_secret_value().encode(),
+            settings.rls_context_ttl,
+            settings.db_lock_timeout,
+            connections=settings.db_pool_size + settings.db_max_overflow,
+            wait=settings.db_connect_timeout,
+        )
+
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """Hold one of the pool's connections' turns, waiting in line for it; past `wait`
+        seconds, the pool's own timeout error (a 503, as when the pool times out)."""
+        if self._turns is None:
+            yield
+            return
+        try:
+            async with asyncio.timeout(self._wait):
+                await self._turns.acquire()
+        except TimeoutError:
+            raise PoolTimeoutError(f"no connection free within {self._wait:g} s") from None
+        try:
+            yield
+        finally:
+            self._turns.release()
 
     def context(self, user_id: str) -> tuple[str, str, str, str, str]:
         """SET_CONTEXT's parameters that make a transaction act for `user_id`."""
@@ -133,25 +183,26 @@ class UserSessions:
     async def connection(self, user_id: str) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection in a transaction acting for `user_id`: commits on exit,
         rolls back on error. What every request runs on."""
-        try:
-            pooled, connection = await self._begin(user_id)
-        except asyncpg.InvalidSQLStatementNameError:
-            # SQL in an earlier request on that connection deallocated the driver's
-            # statement (the connection is closed now). Nothing has happened yet in this
-            # request, so another connection serves it.
-            pooled, connection = await self._begin(user_id)
-        # Whether the transaction ended and the clean-up ran, so that the connection may
-        # serve another request.
-        reusable = False
-        try:
+        async with self._turn():
             try:
-                yield connection
-            except BaseException as exc:
-                reusable = await _end_after(connection, exc)
-                raise
-            reusable = await _end(connection, COMMIT)
-        finally:
-            await _release(pooled, reusable)
+                pooled, connection = await self._begin(user_id)
+            except asyncpg.InvalidSQLStatementNameError:
+                # SQL in an earlier request on that connection deallocated the driver's
+                # statement (the connection is closed now). Nothing has happened yet in
+                # this request, so another connection serves it.
+                pooled, connection = await self._begin(user_id)
+            # Whether the transaction ended and the clean-up ran, so that the connection
+            # may serve another request.
+            reusable = False
+            try:
+                try:
+                    yield connection
+                except BaseException as exc:
+                    reusable = await _end_after(connection, exc)
+                    raise
+                reusable = await _end(connection, COMMIT)
+            finally:
+                await _release(pooled, reusable)
 
     async def _begin(self, user_id: str) -> tuple[Any, asyncpg.Connection]:
         """A pooled connection with the user's transaction begun and its context set."""
@@ -173,7 +224,7 @@ class UserSessions:
     @asynccontextmanager
     async def transaction(self, user_id: str) -> AsyncIterator[AsyncSession]:
         """An ORM session in a transaction acting for `user_id`: commits on exit, rolls back on error."""
-        async with self.sessionmaker() as session, session.begin():
+        async with self._turn(), self.sessionmaker() as session, session.begin():
             await (await session.connection()).exec_driver_sql(SET_CONTEXT, self.context(user_id))
             yield session
 
@@ -181,7 +232,7 @@ class UserSessions:
     async def anonymous(self) -> AsyncIterator[AsyncSession]:
         """A transaction acting for nobody: row-level security shows it no user's rows. For
         sign-up and log-in, which reach accounts only through SECURITY DEFINER functions."""
-        async with self.sessionmaker() as session, session.begin():
+        async with self._turn(), self.sessionmaker() as session, session.begin():
             yield session
 
     async def check_context_key(self) -> None:

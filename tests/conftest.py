@@ -243,7 +243,7 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 def sessions(engine: AsyncEngine, settings: Settings) -> UserSessions:
     """Transactions acting for a user, made exactly as the app makes them."""
-    return UserSessions(engine, TEST_CONTEXT_KEY.encode(), settings.rls_context_ttl, settings.db_lock_timeout)
+    return UserSessions.from_settings(engine, settings)
 
 
 @asynccontextmanager

@@ -20,7 +20,7 @@ from app.database import create_engine
 from app.errors import NotFound
 from app.models import Conversation, Message, Tag, Task, TaskTag
 from app.session import UserSessions
-from tests.conftest import TEST_CONTEXT_KEY, DbUrls
+from tests.conftest import DbUrls
 from tests.tokens import auth
 
 
@@ -767,8 +767,8 @@ async def test_a_message_in_another_users_conversation_is_refused_to_the_runtime
 
 
 def one_connection_sessions(settings: Settings) -> UserSessions:
-    engine = create_engine(settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0}))
-    return UserSessions(engine, TEST_CONTEXT_KEY.encode(), settings.rls_context_ttl, settings.db_lock_timeout)
+    one = settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0})
+    return UserSessions.from_settings(create_engine(one), one)
 
 
 async def left_behind(sessions: UserSessions) -> tuple[int, str | None, int]:
