@@ -301,6 +301,11 @@ async def test_a_rotation_under_load_fails_no_request(db_url: DbUrls) -> None:
     crossings: set[tuple[str, int]] = set()
     seen: set[tuple[str, int]] = set()
     crossed = asyncio.Event()
+    # The rolling step in force, and how many of the users' rounds (a log-in and its
+    # token's uses) begun at each step are still going.
+    step = 0
+    going: dict[int, int] = {}
+    round_ended = asyncio.Event()
 
     def count(response: httpx.Response, expected: int, what: str) -> None:
         key = f"{what} {response.status_code}"
@@ -313,21 +318,29 @@ async def test_a_rotation_under_load_fails_no_request(db_url: DbUrls) -> None:
         turn = n
         while not stop:
             turn += 1
-            issuer = in_rotation[turn % len(in_rotation)]
-            token_response = await log_in(issuer, email)
-            count(token_response, 200, "log in")
-            if token_response.status_code != 200:
-                continue
-            token = token_response.json()["access_token"]
-            kid = jwt.get_unverified_header(token)["kid"]
-            for client in list(in_rotation):
-                me_response = await client.get("/api/auth/me", headers=bearer(token))
-                count(me_response, 200, "me")
-                if me_response.status_code == 200:
-                    crossings.add((kid, phase_of[client]))
-                    crossed.set()
-                me = f"/api/{token_response.json()['user_id']}/tasks"
-                count(await client.post(me, json={"title": "t"}, headers=bearer(token)), 201, "create")
+            began = step
+            going[began] = going.get(began, 0) + 1
+            try:
+                await use_a_new_token(email, in_rotation[turn % len(in_rotation)])
+            finally:
+                going[began] -= 1
+                round_ended.set()
+
+    async def use_a_new_token(email: str, issuer: httpx.AsyncClient) -> None:
+        token_response = await log_in(issuer, email)
+        count(token_response, 200, "log in")
+        if token_response.status_code != 200:
+            return
+        token = token_response.json()["access_token"]
+        kid = jwt.get_unverified_header(token)["kid"]
+        for client in list(in_rotation):
+            me_response = await client.get("/api/auth/me", headers=bearer(token))
+            count(me_response, 200, "me")
+            if me_response.status_code == 200:
+                crossings.add((kid, phase_of[client]))
+                crossed.set()
+            me = f"/api/{token_response.json()['user_id']}/tasks"
+            count(await client.post(me, json={"title": "t"}, headers=bearer(token)), 201, "create")
 
     async with AsyncExitStack() as outer:
         slots: list[AsyncExitStack] = []
@@ -343,6 +356,15 @@ async def test_a_rotation_under_load_fails_no_request(db_url: DbUrls) -> None:
         users = [asyncio.create_task(user(n)) for n in range(LOAD_USERS)]
         await asyncio.sleep(0.3)
         for before, after in itertools.pairwise(ROLLING):
+            # No token outlives the step after the one it was issued in: the rounds begun
+            # before this step end first. (A slow log-in at a phase-1 instance could
+            # otherwise carry its token past phase 2 to phase 3, which a real rotation
+            # reaches only after TOKEN_TTL.)
+            async with asyncio.timeout(30):
+                while any(going.get(earlier) for earlier in range(step)):
+                    round_ended.clear()
+                    await round_ended.wait()
+            step += 1
             slot = next(i for i in (0, 1) if before[i] != after[i])
             # Start the new instance, put it in rotation, take the old one out (drained:
             # its requests in flight finish), then stop it.
