@@ -189,19 +189,7 @@ async def list_tasks(
     params: Annotated[ListParameters, Query()],
 ) -> Response:
     """List your tasks."""
-    query = TaskQuery(
-        params.status,
-        params.priority,
-        params.tag,
-        params.due_before,
-        params.due_after,
-        params.overdue,
-        params.q,
-        params.sort,
-        params.order,
-        params.limit,
-        params.offset,
-    )
+    query = TaskQuery(**dict(params))  # the same names, the values as validated
     try:
         body, total = await service.list_tasks(connection, subject, query)
     except ValueError as exc:  # sort=relevance without q
