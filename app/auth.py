@@ -11,6 +11,7 @@ The algorithm in the token's header must be configured and must be the algorithm
 key it selects, so no token can make one kind of key serve as another.
 """
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -70,6 +71,59 @@ class _Trust:
     audience: str | None
 
 
+@dataclass(frozen=True)
+class _Verified:
+    """A token that passed verification, remembered: what it proved, the header fields
+    that chose its key, the key, and when it stops being good (its `exp` plus JWT_LEEWAY,
+    as PyJWT counts it)."""
+
+    token: VerifiedToken
+    algorithm: str
+    kid: str | None
+    key: Any
+    good_until: float
+
+
+class _VerifiedTokens:
+    """The tokens verified lately, by the SHA-256 of the token (the tokens themselves,
+    which are credentials, are not kept), oldest first, at most `size`.
+
+    Verifying a token is most of the CPU an authenticated request without a database
+    costs (~85 µs of PyJWT for HS256, more for RSA), and a client sends the same token
+    for as long as it lasts. Written here rather than taken from a cache library: each
+    entry ends at its own token's expiry, and what a hit must still check (below) is
+    ours anyway."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: dict[bytes, _Verified] = {}
+
+    @staticmethod
+    def digest(token: str) -> bytes:
+        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+    def get(self, digest: bytes) -> _Verified | None:
+        entry = self._entries.get(digest)
+        if entry is not None and time.time() >= entry.good_until:
+            del self._entries[digest]
+            return None
+        return entry
+
+    def add(self, digest: bytes, entry: _Verified) -> None:
+        if self._size == 0:
+            return
+        self._entries.pop(digest, None)
+        while len(self._entries) >= self._size:
+            del self._entries[next(iter(self._entries))]
+        self._entries[digest] = entry
+
+    def discard(self, digest: bytes) -> None:
+        self._entries.pop(digest, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class TokenVerifier:
     """Verifies tokens against the configured keys, algorithms and claims."""
 
@@ -111,6 +165,7 @@ class TokenVerifier:
         self._own_issuer = settings.token_issuer
         self._leeway = settings.jwt_leeway
         self._user_claim = settings.jwt_user_claim
+        self._verified = _VerifiedTokens(settings.token_cache_size)
 
     async def subject(self, token: str) -> str:
         """The token's verified user id; raises InvalidToken with the reason, or
@@ -118,7 +173,28 @@ class TokenVerifier:
         return (await self.verify(token)).subject
 
     async def verify(self, token: str) -> VerifiedToken:
-        """subject(), with the token's expiry: for the MCP server's access tokens."""
+        """subject(), with the token's expiry: for the MCP server's access tokens.
+
+        A token verified before (TOKEN_CACHE_SIZE) is good again without its signature
+        and claims being checked again, while it has not expired and while its header
+        still chooses the very key that verified it: the key is looked up as for a new
+        token, so a key withdrawn from the JWKS (at the next refresh) or no longer
+        configured ends its tokens' acceptance exactly as it would without the cache."""
+        digest = _VerifiedTokens.digest(token)
+        remembered = self._verified.get(digest)
+        if remembered is not None:
+            trust = await self._trust(remembered.algorithm, remembered.kid)
+            if trust.key is remembered.key:
+                return remembered.token
+            self._verified.discard(digest)
+        verified, algorithm, kid, key = await self._verify(token)
+        good_until = verified.expires_at + self._leeway
+        self._verified.add(digest, _Verified(verified, algorithm, kid, key, good_until))
+        return verified
+
+    async def _verify(self, token: str) -> tuple[VerifiedToken, str, str | None, Any]:
+        """The full check: the token's subject and expiry, with the algorithm, `kid` and
+        key that verified it."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
@@ -128,7 +204,8 @@ class TokenVerifier:
             # which are ours, not the token's: a fault to see, not a 401.)
             raise InvalidToken("malformed token") from exc
         algorithm = header.get("alg")
-        trust = await self._trust(algorithm, header.get("kid"))
+        kid = header.get("kid")
+        trust = await self._trust(algorithm, kid)
         # _trust has refused any algorithm that is not one of the configured strings.
         claims = self._decode(token, cast(str, algorithm), trust)
         subject = claims[self._user_claim]
@@ -144,8 +221,10 @@ class TokenVerifier:
             subject.encode()
         except UnicodeEncodeError:
             raise InvalidToken(f"token '{self._user_claim}' is not valid Unicode text") from None
-        # PyJWT has checked `exp` (required) as a number, or a numeric string.
-        return VerifiedToken(subject, int(claims["exp"]))
+        # PyJWT has checked `exp` (required) as a number, or a numeric string; _trust
+        # has checked `alg` and `kid`.
+        verified = VerifiedToken(subject, int(claims["exp"]))
+        return verified, cast(str, algorithm), cast(str | None, kid), trust.key
 
     async def _trust(self, algorithm: object, kid: object) -> _Trust:
         # Settled before any signature work, so that `alg: none` and every algorithm not

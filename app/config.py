@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     jwks: dict[str, Any] | None = None
     jwks_cache_seconds: float = Field(default=300, gt=0)
     jwks_min_refresh_seconds: float = Field(default=30, ge=0)
+    # Tokens remembered as verified, per process (app/auth.py); 0: every request verifies.
+    token_cache_size: int = Field(default=10_000, ge=0, le=1_000_000)
 
     # Built-in accounts (register, log in). Unset: on for the embedded default, else off.
     accounts_enabled: bool | None = None

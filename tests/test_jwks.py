@@ -26,7 +26,7 @@ from app.auth import KEY_SOURCE_UNAVAILABLE, InvalidToken, TokenVerifier
 from app.config import Settings
 from app.keys import KeySourceUnavailable, RemoteKeySet
 from tests.conftest import DbUrls, http_client, make_settings, running_app
-from tests.tokens import forge
+from tests.tokens import TEST_SECRET, forge, make_token
 
 ISSUER = "https://idp.test"
 AUDIENCE = "todo-api"
@@ -496,3 +496,82 @@ async def test_readyz_names_a_provider_that_refuses_connections(db_url: DbUrls) 
         ready = await client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json() == {"detail": "the token key source (JWKS_URL) is unavailable: ConnectError"}
+
+
+# --- verified tokens remembered (TOKEN_CACHE_SIZE) ---------------------------------------
+# A token verified once is good again without its signature being checked, so each of
+# these would fail if the cache let a token outlive what verifying it again would allow.
+
+
+async def test_a_remembered_token_still_expires(jwks_server: JwksServer) -> None:
+    verifier = TokenVerifier(settings_for(jwks_url=jwks_server.url, jwt_leeway=0))
+    expires = int(time.time()) + 1
+    token = ED.sign(exp=expires)
+    assert await outcome(verifier, token) == "alice"
+    assert await outcome(verifier, token) == "alice"  # remembered
+    await asyncio.sleep(max(0.0, expires - time.time()) + 0.05)
+    assert await outcome(verifier, token) == "refused: token has expired"
+    await verifier.aclose()
+
+
+async def test_a_key_withdrawn_from_the_jwks_ends_its_remembered_tokens_at_the_refresh(
+    jwks_server: JwksServer,
+) -> None:
+    verifier = TokenVerifier(
+        settings_for(jwks_url=jwks_server.url, jwks_cache_seconds=0.01, jwks_min_refresh_seconds=0)
+    )
+    token = ED.sign()
+    assert await outcome(verifier, token) == "alice"
+    jwks_server.publish(RSA, EC)
+    await asyncio.sleep(0.05)  # the keys are stale: the next lookup refetches them
+    assert await outcome(verifier, token) == "refused: token signing key is not known"
+    await verifier.aclose()
+
+
+async def test_a_kid_that_names_another_key_after_a_refresh_verifies_remembered_tokens_again(
+    jwks_server: JwksServer,
+) -> None:
+    verifier = TokenVerifier(
+        settings_for(jwks_url=jwks_server.url, jwks_cache_seconds=0.01, jwks_min_refresh_seconds=0)
+    )
+    token = ED.sign()
+    assert await outcome(verifier, token) == "alice"
+    impostor = Key("EdDSA", ED.kid)  # the same kid, another key
+    jwks_server.publish(impostor)
+    await asyncio.sleep(0.05)
+    assert await outcome(verifier, token) == "refused: token signature is invalid"
+    # The provider puts the key back: the token verifies again, from scratch.
+    jwks_server.publish(ED)
+    await asyncio.sleep(0.05)
+    assert await outcome(verifier, token) == "alice"
+    await verifier.aclose()
+
+
+async def test_the_cache_is_keyed_by_the_whole_token() -> None:
+    """A token with the genuine one's header and claims but another signature is refused,
+    however often the genuine one was accepted."""
+    verifier = TokenVerifier(settings_for(jwt_secret=TEST_SECRET, jwt_issuer=None, jwt_audience=None))
+    genuine = make_token("alice")
+    header, payload, _ = genuine.split(".")
+    forged = forge(_b64decode(header), _b64decode(payload), key=b"another secret key, as long as the other")
+    assert forged.split(".")[:2] == [header, payload]
+    for _ in range(3):
+        assert await outcome(verifier, genuine) == "alice"
+        assert await outcome(verifier, forged) == "refused: token signature is invalid"
+
+
+async def test_the_cache_holds_at_most_token_cache_size_tokens_and_none_at_zero() -> None:
+    for size in (3, 0):
+        verifier = TokenVerifier(
+            settings_for(jwt_secret=TEST_SECRET, jwt_issuer=None, jwt_audience=None, token_cache_size=size)
+        )
+        tokens = [make_token(f"user-{n}") for n in range(10)]
+        for n, token in enumerate(tokens):
+            assert await outcome(verifier, token) == f"user-{n}"
+        assert len(verifier._verified) == size
+        # Evicted ones are verified again, not refused.
+        assert await outcome(verifier, tokens[0]) == "user-0"
+
+
+def _b64decode(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
