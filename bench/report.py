@@ -51,6 +51,10 @@ class Measurement:
     connections_per_worker: list[int] | None = None  # how wrk's connections fell on the workers
     other_cpu_percent: float | None = None  # of the machine's CPU, used by anything but the benchmark
     rounds_rps: list[float] | None = None  # each round's req/s, when combined from rounds
+    # The machine's speed (bench.service.SpeedProbe): CPU µs of a fixed piece of work,
+    # the median over the measurement; and each round's, when combined from rounds.
+    probe_us: float | None = None
+    rounds_probe_us: list[float] | None = None
     workers: int | None = None  # the server's worker processes (None: pgbench)
     # What the load cost, from its start to the last request in flight answered
     # (bench.service.RequestCost): requests the service answered, commits PostgreSQL
@@ -90,6 +94,20 @@ def round_spread(rounds_rps: list[float]) -> float:
     return max(abs(rps - middle) for rps in rounds_rps) / middle if middle else 0.0
 
 
+def _median_of(values: list[float | None]) -> float | None:
+    """The median of the values given, None if there are none."""
+    given = [value for value in values if value is not None]
+    return median(given) if given else None
+
+
+def scaled_rounds(rounds_rps: list[float], rounds_probe_us: list[float]) -> list[float]:
+    """Each round's req/s as it would have been at the rounds' median machine speed:
+    scaled by the round's probe time over the median probe time (a CPU-bound service
+    answers in proportion to the machine's speed)."""
+    middle = median(rounds_probe_us)
+    return [rps * probe / middle for rps, probe in zip(rounds_rps, rounds_probe_us, strict=True)]
+
+
 def _total(values: list[Any]) -> Any:
     """The sum of the rounds' values, None if any round has none."""
     return None if any(value is None for value in values) else sum(values)
@@ -116,6 +134,10 @@ def combine(rounds: list[Measurement]) -> Measurement:
         memory_mean_mb=sum(means) / len(means) if means else None,
         other_cpu_percent=max(others) if others else None,
         rounds_rps=[round(m.rps, 1) for m in rounds],
+        probe_us=_median_of([m.probe_us for m in rounds]),
+        rounds_probe_us=(
+            None if any(m.probe_us is None for m in rounds) else [round(m.probe_us or 0) for m in rounds]
+        ),
         served=_total([m.served for m in rounds]),
         commits=_total([m.commits for m in rounds]),
         service_cpu_s=_total([m.service_cpu_s for m in rounds]),
@@ -292,6 +314,46 @@ class Report:
             if workers == main or scenario in POSTGRAPHILE_RATIO_SCENARIOS
         ]
 
+    def machine_speed_targets(self) -> list[Target]:
+        """Whether the machine was quiet enough for the spread target to mean anything:
+        how far its own speed (the probe) moved across the rounds of the service's
+        measurements, and the service's spread with each round scaled by that speed. Not
+        targets of their own (no pass or fail): what to read the spread against."""
+        probed = [
+            m
+            for m in self.measurements
+            if m.target == "service" and m.rounds_rps and m.rounds_probe_us and len(m.rounds_rps) >= 2
+        ]
+        if not probed:
+            return []
+        speed = max(probed, key=lambda m: round_spread(m.rounds_probe_us or []))
+
+        def scaled(m: Measurement) -> float:
+            return round_spread(scaled_rounds(m.rounds_rps or [], m.rounds_probe_us or []))
+
+        worst = max(probed, key=scaled)
+
+        def name(m: Measurement) -> str:
+            return f"{m.scenario} at {m.workers} worker(s)" if m.workers else m.scenario
+
+        return [
+            Target(
+                "the machine's own speed across the same rounds (CPU time of a fixed piece of work; "
+                "largest distance of a round from the median)",
+                round_spread(speed.rounds_probe_us or []),
+                f"quiet: <= {MAX_ROUND_SPREAD:.2f}",
+                None,
+                f"the largest: {name(speed)}",
+            ),
+            Target(
+                "round-to-round spread of the service's req/s, each round scaled by the machine's speed",
+                scaled(worst),
+                f"<= {MAX_ROUND_SPREAD:.2f} of the median",
+                None,
+                f"the largest: {name(worst)}",
+            ),
+        ]
+
     def issue_15_targets(self) -> list[Target]:
         """Issue 15's: against PostGraphile, the spread of the rounds, isolation on every
         scenario, and the CPU per request of each."""
@@ -342,6 +404,7 @@ class Report:
                 ("over: " + ", ".join(over)) if over else (f"the largest: {worst[0]}" if worst else ""),
             )
         )
+        targets += self.machine_speed_targets()
         # Issue 5's, on every scenario now, each request's hardening included.
         for scenario, ratios in self.ratios().items():
             targets.append(isolation_target(scenario, ratios["1/2"]))
@@ -632,9 +695,9 @@ def to_markdown(report: Report, chart: str | None) -> str:
         "most once a second (bench/README.md).",
         "",
         "| scenario | configuration | req/s | req/s of each round | p50 ms | p99 ms | errors "
-        "| worker RSS peak / mean MB | connections per worker | other CPU % "
+        "| worker RSS peak / mean MB | connections per worker | other CPU % | speed probe µs of each round "
         "| commits / request | service CPU µs / request | PostgreSQL CPU µs / request |",
-        "|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        "|---|---|---:|---|---:|---:|---:|---:|---|---:|---|---:|---:|---:|",
     ]
     listed = ("list", "get", "search", "tag", "due", "create", "toggle", "mix", "chat", "whoami")
     order = {name: i for i, name in enumerate(listed)}
@@ -645,10 +708,13 @@ def to_markdown(report: Report, chart: str | None) -> str:
         memory = "-" if m.memory_peak_mb is None else f"{m.memory_peak_mb:.0f} / {m.memory_mean_mb:.0f}"
         spread = " + ".join(map(str, m.connections_per_worker)) if m.connections_per_worker else "-"
         each = ", ".join(f"{rps:,.0f}" for rps in m.rounds_rps) if m.rounds_rps else "-"
+        probes = m.rounds_probe_us or ([m.probe_us] if m.probe_us is not None else [])
+        probe = ", ".join(f"{us:,.0f}" for us in probes) or "-"
         cost = m.per_request()
         lines.append(
             f"| {m.scenario} | {TARGETS[m.target]} | {_num(m.rps, 0)} | {each} | {_num(m.p50_ms, 2)} | "
             f"{_num(m.p99_ms, 2)} | {m.errors} | {memory} | {spread} | {_num(m.other_cpu_percent, 0)} | "
+            f"{probe} | "
             f"{_num(cost['commits_per_request'], 2)} | {_num(cost['service_cpu_us_per_request'], 0)} | "
             f"{_num(cost['database_cpu_us_per_request'], 0)} |"
         )

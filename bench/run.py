@@ -43,6 +43,7 @@ from bench.service import (
     MemorySampler,
     RequestCost,
     RunningService,
+    SpeedProbe,
     control_service,
     environment,
     shipped_service,
@@ -390,6 +391,7 @@ class Bench:
             with (
                 self.cpu_account() as cpu,
                 MemorySampler(service) as memory,
+                SpeedProbe() as probe,
                 RequestCost(service, db or self.db) as cost,
             ):
                 measured = run(seconds=seconds)
@@ -399,6 +401,7 @@ class Bench:
                 console.print(service.output()[-3000:], markup=False, highlight=False)
             raise
         measured.other_cpu_percent = cpu.other_percent
+        measured.probe_us = probe.median_us
         measured.workers = service.workers
         measured.memory_peak_mb, measured.memory_mean_mb = memory.peak_mb, memory.mean_mb
         measured.served, measured.commits = cost.served, cost.commits
@@ -417,7 +420,7 @@ class Bench:
             key,
             int(time.time()) + TOKEN_TTL,
         )
-        with self.cpu_account() as cpu:
+        with self.cpu_account() as cpu, SpeedProbe() as probe:
             measured, latencies = pgbench.run_pgbench(
                 self.db.runtime_url,
                 scripts,
@@ -429,6 +432,7 @@ class Bench:
                 log_dir=self.workdir / "pgbench" / "log",
             )
         measured.other_cpu_percent = cpu.other_percent
+        measured.probe_us = probe.median_us
         self.report.statement_latencies[scenario] = latencies
         return measured
 

@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -303,6 +304,52 @@ class MemorySampler:
             return None
         values = [value for sample in self._samples for value in sample]
         return sum(values) / len(values) / 2**20
+
+
+def _fixed_work(rounds: int = 20_000) -> int:
+    """A fixed piece of pure-Python work (integer arithmetic, a dict, a list): what the
+    speed probe times."""
+    seen: dict[int, int] = {}
+    total = 0
+    for n in range(rounds):
+        total += (n * n) % 7
+        seen[n % 97] = total
+    return total + len(seen) + len(sorted(seen.values()))
+
+
+class SpeedProbe:
+    """The machine's own speed while a measurement runs: every `interval` seconds a
+    thread times the CPU it takes to do `_fixed_work` (its thread time, which waiting
+    for a core does not count). On a virtual machine the same work took from 117 to
+    188 ms of CPU within seconds, the machine otherwise idle (bench/README.md, round
+    9): rounds of a measurement can differ by as much without the service changing.
+    Costs ~0.15% of one core (~1.5 ms a second)."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self._interval = interval
+        self.samples: list[float] = []  # CPU µs of each run of the work
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.thread_time()
+            _fixed_work()
+            self.samples.append((time.thread_time() - started) * 1e6)
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> "SpeedProbe":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def median_us(self) -> float | None:
+        """The probe's median CPU time (µs): higher is a slower machine."""
+        return statistics.median(self.samples) if self.samples else None
 
 
 class CpuAccount:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from bench.database import (
 )
 from bench.load import GROWTH_SCENARIOS, Request
 from bench.run import Bench, Options, Secrets
+from bench.service import SpeedProbe
 from tests.conftest import TEST_CONTEXT_KEY, TEST_DB, DbUrls, Server, missing_tool
 from tests.tokens import TEST_SECRET, forge, make_token
 
@@ -251,14 +253,16 @@ def test_rounds_combine() -> None:
             commits=120,
             service_cpu_s=1.5,
             database_cpu_s=0.25,
+            probe_us=probe,
         )
-        for rps, other in ((20.0, 3.0), (30.0, 1.0), (10.0, 2.0))
+        for rps, other, probe in ((20.0, 3.0, 1500.0), (30.0, 1.0, 1200.0), (10.0, 2.0, 1900.0))
     ]
     combined = report.combine(rounds)
     assert (combined.rps, combined.p50_ms, combined.p99_ms) == (20.0, 2.0, 4.0)
     assert (combined.requests, combined.served, combined.commits) == (60, 66, 360)
     assert (combined.memory_peak_mb, combined.other_cpu_percent) == (180.0, 3.0)
     assert combined.rounds_rps == [20.0, 30.0, 10.0]
+    assert (combined.probe_us, combined.rounds_probe_us) == (1500.0, [1500, 1200, 1900])
     assert combined.per_request() == {
         "commits_per_request": 360 / 66,
         "service_cpu_us_per_request": 4.5 / 66 * 1e6,
@@ -390,10 +394,15 @@ def test_issue_15_targets() -> None:
     result = report.Report(
         meta={"workers": 2, "compare_workers": (1, 2)},
         measurements=[
-            measured("service", "list", 2, 900, 40, rounds_rps=[900, 850, 1000]),
+            # list's third round ran on a machine 10% faster (its probe took 10% less CPU).
+            measured(
+                "service", "list", 2, 900, 40, rounds_rps=[900, 850, 1000], rounds_probe_us=[1000, 1000, 900]
+            ),
             measured("no_rls", "list", 2, 920, 40),
             measured("postgraphile", "list", 2, 500, 50),
-            measured("service", "get", 2, 1200, 30, rounds_rps=[1200, 1150, 1250]),
+            measured(
+                "service", "get", 2, 1200, 30, rounds_rps=[1200, 1150, 1250], rounds_probe_us=[1000] * 3
+            ),
             measured("no_rls", "get", 2, 1300, 30),
             measured("postgraphile", "get", 2, 1000, 20),
             measured("service", "create", 2, 700, 60),
@@ -418,11 +427,27 @@ def test_issue_15_targets() -> None:
     ]
     # list: 1000 is 100/900 = 11% from its median; get's rounds are within 5%.
     assert spread.met is False and spread.measured == pytest.approx(100 / 900) and "list" in spread.detail
+    # Read against the machine's speed: list's rounds, each scaled by it, are 900, 850 and
+    # 1000 * 0.9 = 900, within 6% of their median; the probe moved by 10% in them.
+    speed = targets[
+        "the machine's own speed across the same rounds (CPU time of a fixed piece of work; "
+        "largest distance of a round from the median)"
+    ]
+    assert speed.met is None and speed.measured == pytest.approx(0.1) and "list" in speed.detail
+    scaled = targets["round-to-round spread of the service's req/s, each round scaled by the machine's speed"]
+    assert scaled.met is None and scaled.measured == pytest.approx(50 / 900) and "list" in scaled.detail
     isolation = "isolation cost: {} with RLS / without (req/s)"
     assert [targets[isolation.format(n)].met for n in ("list", "get", "create")] == [True, False, True]
     assert targets["CPU per request given for every scenario, service and PostgreSQL (µs)"].met is True
     # The main suite's ratios are those at its workers.
     assert result.ratios()["list"]["1/5"] == 1.8
+
+
+def test_the_speed_probe_times_its_work_in_a_thread_while_a_measurement_runs() -> None:
+    with SpeedProbe(interval=0.02) as probe:
+        time.sleep(0.3)
+    assert len(probe.samples) >= 3
+    assert probe.median_us is not None and probe.median_us > 0
 
 
 def test_the_context_statement_measurement_runs(pg_server: Server, db_url: DbUrls, tmp_path: Path) -> None:
