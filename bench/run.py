@@ -510,6 +510,7 @@ class Bench:
         console.print(
             f"  {report.TARGETS[m.target] + workers:<38} {m.scenario:<7} {m.rps:>9,.0f} req/s  "
             f"p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms  errors {m.errors}{memory}"
+            + (f", speed probe {m.probe_us:,.0f} µs" if m.probe_us is not None else "")
         )
         if m.other_cpu_percent is not None and m.other_cpu_percent > BUSY_CPU_PERCENT:
             warning = (
