@@ -113,6 +113,7 @@ def test_the_benchmark_measures_the_service_and_its_controls(
         assert m["requests"] > 0 and m["errors"] == 0, m  # GraphQL errors count for PostGraphile
         assert m["rps"] > 0 and 0 < m["p50_ms"] <= m["p99_ms"], m
         assert 0 <= m["other_cpu_percent"] <= 100, m
+        assert m["probe_us"] > 0, m  # the machine's speed beside every measurement
         if m["target"] != "pgbench":
             # Each wrk measurement's cost: the requests the service answered (in-flight
             # ones too; PostGraphile keeps no access log, wrk's count serves), the commits
