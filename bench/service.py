@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import httpx
 import psutil
@@ -261,36 +262,48 @@ def control_service(
     return serve(command, env, workdir, workers, port)
 
 
-class MemorySampler:
-    """Resident set size of each worker, sampled every `interval` seconds in a thread."""
+class _Sampler:
+    """Calls `_sample` every `interval` seconds in a thread, from entry to exit."""
 
-    def __init__(self, service: RunningService, interval: float = 0.25) -> None:
-        self._service = service
+    def __init__(self, interval: float) -> None:
         self._interval = interval
-        self._samples: list[list[int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
-        workers = self._service.worker_processes()
         while not self._stop.is_set():
-            sample = []
-            for worker in workers:
-                try:
-                    sample.append(worker.memory_info().rss)
-                except psutil.Error:
-                    continue
-            if sample:
-                self._samples.append(sample)
+            self._sample()
             self._stop.wait(self._interval)
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class MemorySampler(_Sampler):
+    """Resident set size of each worker, sampled every `interval` seconds in a thread."""
+
+    def __init__(self, service: RunningService, interval: float = 0.25) -> None:
+        super().__init__(interval)
+        self._samples: list[list[int]] = []
+        self._workers = service.worker_processes()
+
+    def _sample(self) -> None:
+        sample = []
+        for worker in self._workers:
+            try:
+                sample.append(worker.memory_info().rss)
+            except psutil.Error:
+                continue
+        if sample:
+            self._samples.append(sample)
 
     @property
     def peak_mb(self) -> float | None:
@@ -317,7 +330,7 @@ def _fixed_work(rounds: int = 20_000) -> int:
     return total + len(seen) + len(sorted(seen.values()))
 
 
-class SpeedProbe:
+class SpeedProbe(_Sampler):
     """The machine's own speed while a measurement runs: every `interval` seconds a
     thread times the CPU it takes to do `_fixed_work` (its thread time, which waiting
     for a core does not count). On a virtual machine the same work took from 117 to
@@ -326,25 +339,13 @@ class SpeedProbe:
     Costs ~0.15% of one core (~1.5 ms a second)."""
 
     def __init__(self, interval: float = 1.0) -> None:
-        self._interval = interval
+        super().__init__(interval)
         self.samples: list[float] = []  # CPU µs of each run of the work
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.thread_time()
-            _fixed_work()
-            self.samples.append((time.thread_time() - started) * 1e6)
-            self._stop.wait(self._interval)
-
-    def __enter__(self) -> "SpeedProbe":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def _sample(self) -> None:
+        started = time.thread_time()
+        _fixed_work()
+        self.samples.append((time.thread_time() - started) * 1e6)
 
     @property
     def median_us(self) -> float | None:

@@ -147,6 +147,13 @@ def settings_for(**overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
+def refreshing_verifier(jwks_server: JwksServer) -> TokenVerifier:
+    """A verifier whose keys go stale within 10 ms, and may be fetched again at once."""
+    return TokenVerifier(
+        settings_for(jwks_url=jwks_server.url, jwks_cache_seconds=0.01, jwks_min_refresh_seconds=0)
+    )
+
+
 async def outcome(verifier: TokenVerifier, token: str) -> str:
     """The subject, the reason the token was refused, or why it could not be verified."""
     try:
@@ -199,9 +206,7 @@ async def test_a_rotated_key_is_picked_up_by_a_refresh(jwks_server: JwksServer) 
 
 
 async def test_cached_keys_survive_a_jwks_outage(jwks_server: JwksServer) -> None:
-    verifier = TokenVerifier(
-        settings_for(jwks_url=jwks_server.url, jwks_cache_seconds=0.01, jwks_min_refresh_seconds=0)
-    )
+    verifier = refreshing_verifier(jwks_server)
     assert await outcome(verifier, ED.sign()) == "alice"
     jwks_server.down = True
     await asyncio.sleep(0.05)  # the cache is stale: each request now tries to refresh, and fails
@@ -517,9 +522,7 @@ async def test_a_remembered_token_still_expires(jwks_server: JwksServer) -> None
 async def test_a_key_withdrawn_from_the_jwks_ends_its_remembered_tokens_at_the_refresh(
     jwks_server: JwksServer,
 ) -> None:
-    verifier = TokenVerifier(
-        settings_for(jwks_url=jwks_server.url, jwks_cache_seconds=0.01, jwks_min_refresh_seconds=0)
-    )
+    verifier = refreshing_verifier(jwks_server)
     token = ED.sign()
     assert await outcome(verifier, token) == "alice"
     jwks_server.publish(RSA, EC)
@@ -531,9 +534,7 @@ async def test_a_key_withdrawn_from_the_jwks_ends_its_remembered_tokens_at_the_r
 async def test_a_kid_that_names_another_key_after_a_refresh_verifies_remembered_tokens_again(
     jwks_server: JwksServer,
 ) -> None:
-    verifier = TokenVerifier(
-        settings_for(jwks_url=jwks_server.url, jwks_cache_seconds=0.01, jwks_min_refresh_seconds=0)
-    )
+    verifier = refreshing_verifier(jwks_server)
     token = ED.sign()
     assert await outcome(verifier, token) == "alice"
     impostor = Key("EdDSA", ED.kid)  # the same kid, another key
