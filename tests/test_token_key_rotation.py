@@ -364,7 +364,6 @@ async def test_a_rotation_under_load_fails_no_request(db_url: DbUrls) -> None:
                 while any(going.get(earlier) for earlier in range(step)):
                     round_ended.clear()
                     await round_ended.wait()
-            step += 1
             slot = next(i for i in (0, 1) if before[i] != after[i])
             # Start the new instance, put it in rotation, take the old one out (drained:
             # its requests in flight finish), then stop it.
@@ -376,6 +375,9 @@ async def test_a_rotation_under_load_fails_no_request(db_url: DbUrls) -> None:
             phase_of[client] = after[slot]
             old_stack = slots[slot]
             in_rotation[slot], slots[slot] = client, stack
+            # Only now: a round begun while the new instance started met the old rotation,
+            # and may hold a token of the old step's issuer.
+            step += 1
             await asyncio.sleep(0.3)  # drained: the requests in flight at the old one finish
             await old_stack.aclose()
             # Stay at this step until each instance has served a token the other issued.
