@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
 import jwt
-from fastapi import Depends, HTTPException, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2PasswordBearer
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.params import Depends as Dependency
+from fastapi.security import HTTPBearer, OAuth2PasswordBearer
 
 from app.config import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, Settings
 from app.keys import (
@@ -48,6 +49,14 @@ password_scheme = OAuth2PasswordBearer(
     auto_error=False,
     description="Built-in accounts: your email and password.",
 )
+# The two schemes, for the OpenAPI document and the docs page's Authorize dialog: named
+# once in each route's dependencies (the routers under /api/{user_id}, and GET
+# /api/auth/me), while current_subject calls bearer_scheme itself. FastAPI solves a
+# dependency's own dependencies again wherever it is named, cached or not, and a route
+# names current_subject three times (the owner check, the session, its own parameter):
+# as its dependencies the schemes were solved three times a request (bench/README.md,
+# round 10).
+TOKEN_SCHEMES: list[Dependency] = [Security(bearer_scheme), Security(password_scheme)]
 
 
 class InvalidToken(Exception):
@@ -346,11 +355,8 @@ def unauthorized(reason: str, request: Request) -> HTTPException:
     )
 
 
-async def current_subject(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-    _docs_login: Annotated[str | None, Depends(password_scheme)],
-) -> str:
+async def current_subject(request: Request) -> str:
+    credentials = await bearer_scheme(request)
     if credentials is None:
         # HTTPBearer also answers None for a scheme other than Bearer.
         has_header = "authorization" in request.headers

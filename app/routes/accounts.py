@@ -16,7 +16,7 @@ from pwdlib import PasswordHash
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from app.auth import CurrentSubject, TokenVerifier, client_address
+from app.auth import TOKEN_SCHEMES, CurrentSubject, TokenVerifier, client_address
 from app.config import Settings
 from app.errors import NotFound
 from app.models import AccessToken, AccountCreate, AccountPublic
@@ -107,7 +107,12 @@ async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: 
     )
 
 
-@router.get("/me", response_model=AccountPublic, responses={404: {"description": "No built-in account"}})
+@router.get(
+    "/me",
+    response_model=AccountPublic,
+    responses={404: {"description": "No built-in account"}},
+    dependencies=TOKEN_SCHEMES,
+)
 async def me(connection: UserConnection, subject: CurrentSubject) -> AccountPublic:
     """Your account, with your `user_id`: the one every route under `/api/{user_id}` takes."""
     account = await connection.fetchrow(

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from app.auth import CurrentSubject, require_path_owner
+from app.auth import TOKEN_SCHEMES, CurrentSubject, require_path_owner
 from app.chat.events import Delta, ProviderFailed, Reply, ToolCall
 from app.errors import ErrorBody, NotFound, database_fault
 from app.models import ChatMessageText
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(
     prefix="/api/{user_id}/chat",
     tags=["chat"],
-    dependencies=[Depends(require_path_owner)],
+    dependencies=[Depends(require_path_owner), *TOKEN_SCHEMES],
     responses={
         401: {"description": "Missing or invalid bearer token"},
         403: {"description": "The token's subject is not the user_id in the path"},

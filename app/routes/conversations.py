@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
-from app.auth import CurrentSubject, require_path_owner
+from app.auth import TOKEN_SCHEMES, CurrentSubject, require_path_owner
 from app.models import ConversationPublic, MessagePublic
 from app.routes.tasks import PAGE_RESPONSES, page_response
 from app.service import conversations as service
@@ -17,7 +17,7 @@ from app.session import UserConnection
 router = APIRouter(
     prefix="/api/{user_id}/conversations",
     tags=["conversations"],
-    dependencies=[Depends(require_path_owner)],
+    dependencies=[Depends(require_path_owner), *TOKEN_SCHEMES],
     responses={
         401: {"description": "Missing or invalid bearer token"},
         403: {"description": "The token's subject is not the user_id in the path"},

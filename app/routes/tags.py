@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
-from app.auth import CurrentSubject, require_path_owner
+from app.auth import TOKEN_SCHEMES, CurrentSubject, require_path_owner
 from app.models import TagName, TagPublic, TagRename
 from app.routes.tasks import PAGE_RESPONSES, page_response
 from app.service import tags as service
@@ -15,7 +15,7 @@ from app.session import UserConnection
 router = APIRouter(
     prefix="/api/{user_id}/tags",
     tags=["tags"],
-    dependencies=[Depends(require_path_owner)],
+    dependencies=[Depends(require_path_owner), *TOKEN_SCHEMES],
     responses={
         401: {"description": "Missing or invalid bearer token"},
         403: {"description": "The token's subject is not the user_id in the path"},

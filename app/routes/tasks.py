@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
-from app.auth import CurrentSubject, require_path_owner
+from app.auth import TOKEN_SCHEMES, CurrentSubject, require_path_owner
 from app.models import (
     TAGS_PER_TASK,
     DueAt,
@@ -37,7 +37,7 @@ from app.session import UserConnection
 router = APIRouter(
     prefix="/api/{user_id}/tasks",
     tags=["tasks"],
-    dependencies=[Depends(require_path_owner)],
+    dependencies=[Depends(require_path_owner), *TOKEN_SCHEMES],
     responses={
         401: {"description": "Missing or invalid bearer token"},
         403: {"description": "The token's subject is not the user_id in the path"},

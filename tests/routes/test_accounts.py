@@ -343,6 +343,26 @@ async def test_the_docs_page_can_log_in_with_the_password_form(api: httpx.AsyncC
     assert {"password": []} in me["security"]
 
 
+async def test_every_route_that_wants_a_token_documents_both_schemes(api: httpx.AsyncClient) -> None:
+    """current_subject reads the header itself, and the schemes are named beside it
+    (app.auth.TOKEN_SCHEMES): a route that takes a token but forgets them fails here."""
+    spec = (await api.get("/openapi.json")).json()
+    fill = {"{user_id}": "u1", "{task_id}": "1", "{name}": "x", "{conversation_id}": "1"}
+    wanting = []
+    for template, item in spec["paths"].items():
+        path = template
+        for placeholder, value in fill.items():
+            path = path.replace(placeholder, value)
+        assert "{" not in path, template
+        for method, operation in item.items():
+            if (await api.request(method.upper(), path)).status_code == 401:
+                wanting.append((method, template))
+                assert {"bearer": []} in operation["security"], (method, template)
+                assert {"password": []} in operation["security"], (method, template)
+    assert ("get", "/api/auth/me") in wanting
+    assert len(wanting) >= 15, wanting
+
+
 async def test_the_docs_say_where_a_built_in_accounts_user_id_is(api: httpx.AsyncClient) -> None:
     spec = (await api.get("/openapi.json")).json()
     description = spec["info"]["description"]
