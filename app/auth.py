@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
 import jwt
+from cachetools import TLRUCache
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.params import Depends as Dependency
 from fastapi.security import HTTPBearer, OAuth2PasswordBearer
@@ -93,44 +94,8 @@ class _Verified:
     good_until: float
 
 
-class _VerifiedTokens:
-    """The tokens verified lately, by the SHA-256 of the token (the tokens themselves,
-    which are credentials, are not kept), oldest first, at most `size`.
-
-    Verifying a token is most of the CPU an authenticated request without a database
-    costs (~85 µs of PyJWT for HS256, more for RSA), and a client sends the same token
-    for as long as it lasts. Written here rather than taken from a cache library: each
-    entry ends at its own token's expiry, and what a hit must still check (below) is
-    ours anyway."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._entries: dict[bytes, _Verified] = {}
-
-    @staticmethod
-    def digest(token: str) -> bytes:
-        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
-    def get(self, digest: bytes) -> _Verified | None:
-        entry = self._entries.get(digest)
-        if entry is not None and time.time() >= entry.good_until:
-            del self._entries[digest]
-            return None
-        return entry
-
-    def add(self, digest: bytes, entry: _Verified) -> None:
-        if self._size == 0:
-            return
-        self._entries.pop(digest, None)
-        while len(self._entries) >= self._size:
-            del self._entries[next(iter(self._entries))]
-        self._entries[digest] = entry
-
-    def discard(self, digest: bytes) -> None:
-        self._entries.pop(digest, None)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+def _good_until(_digest: bytes, entry: _Verified, _now: float) -> float:
+    return entry.good_until
 
 
 class TokenVerifier:
@@ -174,7 +139,13 @@ class TokenVerifier:
         self._own_issuer = settings.token_issuer
         self._leeway = settings.jwt_leeway
         self._user_claim = settings.jwt_user_claim
-        self._verified = _VerifiedTokens(settings.token_cache_size)
+        # Verifying a token is most of the CPU an authenticated request without a database
+        # costs (~85 µs of PyJWT for HS256, more for RSA), and a client sends the same
+        # token for as long as it lasts. Kept by the token's SHA-256 (the tokens, which are
+        # credentials, are not kept), each until its own token's `good_until`.
+        self._verified: TLRUCache[bytes, _Verified] = TLRUCache(
+            maxsize=settings.token_cache_size, ttu=_good_until, timer=time.time
+        )
 
     async def subject(self, token: str) -> str:
         """The token's verified user id; raises InvalidToken with the reason, or
@@ -189,16 +160,17 @@ class TokenVerifier:
         still chooses the very key that verified it: the key is looked up as for a new
         token, so a key withdrawn from the JWKS (at the next refresh) or no longer
         configured ends its tokens' acceptance exactly as it would without the cache."""
-        digest = _VerifiedTokens.digest(token)
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         remembered = self._verified.get(digest)
         if remembered is not None:
             trust = await self._trust(remembered.algorithm, remembered.kid)
             if trust.key is remembered.key:
                 return remembered.token
-            self._verified.discard(digest)
+            self._verified.pop(digest, None)
         verified, algorithm, kid, key = await self._verify(token)
-        good_until = verified.expires_at + self._leeway
-        self._verified.add(digest, _Verified(verified, algorithm, kid, key, good_until))
+        if self._verified.maxsize:  # 0: TOKEN_CACHE_SIZE turned it off
+            good_until = verified.expires_at + self._leeway
+            self._verified[digest] = _Verified(verified, algorithm, kid, key, good_until)
         return verified
 
     async def _verify(self, token: str) -> tuple[VerifiedToken, str, str | None, Any]:

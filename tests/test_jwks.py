@@ -21,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from jwt.utils import base64url_decode
 
 from app.auth import KEY_SOURCE_UNAVAILABLE, InvalidToken, TokenVerifier
 from app.config import Settings
@@ -554,7 +555,9 @@ async def test_the_cache_is_keyed_by_the_whole_token() -> None:
     verifier = TokenVerifier(settings_for(jwt_secret=TEST_SECRET, jwt_issuer=None, jwt_audience=None))
     genuine = make_token("alice")
     header, payload, _ = genuine.split(".")
-    forged = forge(_b64decode(header), _b64decode(payload), key=b"another secret key, as long as the other")
+    forged = forge(
+        base64url_decode(header), base64url_decode(payload), key=b"another secret key, as long as the other"
+    )
     assert forged.split(".")[:2] == [header, payload]
     for _ in range(3):
         assert await outcome(verifier, genuine) == "alice"
@@ -572,7 +575,3 @@ async def test_the_cache_holds_at_most_token_cache_size_tokens_and_none_at_zero(
         assert len(verifier._verified) == size
         # Evicted ones are verified again, not refused.
         assert await outcome(verifier, tokens[0]) == "user-0"
-
-
-def _b64decode(part: str) -> bytes:
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
