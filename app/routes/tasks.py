@@ -211,10 +211,20 @@ async def create_task(
     """Create a task."""
     task = await service.create_task(connection, subject, body)
     response = _task_response(request, task, status.HTTP_201_CREATED)
+    response.headers["Location"] = _task_url(request, subject, task.id)
+    return response
+
+
+def _task_url(request: Request, subject: str, task_id: int) -> str:
+    """The absolute URL of the task, as request.url_for("get_task") gives it, from this
+    router's own route: url_for tries every route of the app in turn (~70 us in the
+    list's app, a tenth of a create's Python time), the route itself answers in ~5 us.
+    The app includes this router without a prefix of its own (tests/routes/test_tasks.py
+    fetches the URL)."""
     # Percent-encoded: a user id may hold any character, and a header only Latin-1.
     owner = quote(subject, safe="")
-    response.headers["Location"] = str(request.url_for("get_task", user_id=owner, task_id=str(task.id)))
-    return response
+    path = _GET_TASK_ROUTE.url_path_for("get_task", user_id=owner, task_id=str(task_id))
+    return str(path.make_absolute_url(request.base_url))
 
 
 @router.get(
@@ -239,6 +249,9 @@ async def get_task(
     if if_none_match is not None and _matches(if_none_match, etag, weak=True):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
     return response
+
+
+_GET_TASK_ROUTE = next(route for route in router.routes if getattr(route, "name", None) == "get_task")
 
 
 def _task_response(request: Request, task: TaskRow, status_code: int = status.HTTP_200_OK) -> Response:

@@ -2,9 +2,11 @@
 
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
+from fastapi import FastAPI, Request
 
 from tests.tokens import auth
 
@@ -58,6 +60,28 @@ async def test_create_returns_the_task_and_its_location(client: httpx.AsyncClien
     assert response.headers["Location"].endswith(f"/api/alice/tasks/{task['id']}")
     fetched = await client.get(response.headers["Location"], headers=ALICE)
     assert fetched.json() == task
+
+
+async def test_location_is_what_url_for_gives_under_a_root_path(app: FastAPI) -> None:
+    """The Location is built from the tasks router's own route (app/routes/tasks.py,
+    _task_url): it must stay what request.url_for would give, percent-encoded user id
+    and a proxy's path prefix (uvicorn --root-path) included."""
+    user = "ann@example.com x+y"
+    transport = httpx.ASGITransport(app=app, root_path="/todo")
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        path = f"/todo/api/{quote(user, safe='')}/tasks"
+        response = await client.post(path, json={"title": "Buy milk"}, headers=auth(user))
+        assert response.status_code == 201, response.text
+        task = response.json()
+        owner = quote(user, safe="")
+        assert response.headers["Location"] == f"http://test/todo/api/{owner}/tasks/{task['id']}"
+        probe = {"type": "http", "router": app.router, "root_path": "/todo", "server": ("test", 80)}
+        probe |= {"scheme": "http", "path": "/", "query_string": b"", "headers": [(b"host", b"test")]}
+        expected = Request(probe).url_for("get_task", user_id=owner, task_id=str(task["id"]))
+        assert response.headers["Location"] == str(expected)
+        fetched = await client.get(response.headers["Location"], headers=auth(user))
+        assert fetched.status_code == 200, fetched.text
+        assert fetched.json() == task
 
 
 async def test_create_without_description_stores_null(client: httpx.AsyncClient) -> None:
