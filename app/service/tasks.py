@@ -195,18 +195,27 @@ def _list_sql(
     # Tasks with no due date come last whichever the order.
     nulls = " nulls last" if sort is SortField.due else ""
 
-    # The page reads only its own rows, in index order; the count is a scan of its own,
-    # of the index alone where the table is vacuumed, rather than of every row the user has.
-    page = (
-        f"select tasks.*, {sort_key} as sort_key from public.tasks tasks {where}"  # noqa: S608
-        f" order by {sort_key} {direction}{nulls}, tasks.id {direction} limit $2 offset $3"
-    )
+    order_by = f" order by {sort_key} {direction}{nulls}, tasks.id {direction} limit $2 offset $3"
+    if "q" in params:
+        # A search matches each of the user's tasks by its words, which reads the row
+        # and computes its text-search vector: the rows that match are found once, then
+        # paged and counted, instead of by a scan of the page and another of the count.
+        source = f"matched as materialized (select tasks.* from public.tasks tasks {where}), "  # noqa: S608
+        page = f"select tasks.*, {sort_key} as sort_key from matched tasks{order_by}"  # noqa: S608
+        count = "select count(*) from matched"
+    else:
+        # The page reads only its own rows, in index order; the count is a scan of its
+        # own, of the index alone where the table is vacuumed, rather than of every row
+        # the user has.
+        source = ""
+        page = f"select tasks.*, {sort_key} as sort_key from public.tasks tasks {where}{order_by}"  # noqa: S608
+        count = f"select count(*) from public.tasks tasks {where}"  # noqa: S608
     return (
-        f"with page as ({page})"  # noqa: S608
+        f"with {source}page as ({page})"  # noqa: S608
         # string_agg rather than json_agg, which puts a line break between elements.
         " select coalesce('[' || string_agg(row_to_json(p)::text, ','"
         f" order by page.sort_key {direction}{nulls}, page.id {direction}) || ']', '[]'),"
-        f" (select count(*) from public.tasks tasks {where})"
+        f" ({count})"
         f" from page, lateral ({_public('page')}) p"
     )
 
