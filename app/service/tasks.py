@@ -167,6 +167,10 @@ _OPTIONAL_FILTERS = {
 }
 
 
+# The filters whose tasks a list finds once for its page and its count (_list_sql).
+_FOUND_ONCE = {"q", "tag"}
+
+
 @cache
 def _list_sql(
     owner_filter: str,
@@ -196,10 +200,12 @@ def _list_sql(
     nulls = " nulls last" if sort is SortField.due else ""
 
     order_by = f" order by {sort_key} {direction}{nulls}, tasks.id {direction} limit $2 offset $3"
-    if "q" in params:
-        # A search matches each of the user's tasks by its words, which reads the row
-        # and computes its text-search vector: the rows that match are found once, then
-        # paged and counted, instead of by a scan of the page and another of the count.
+    if _FOUND_ONCE & params.keys():
+        # Found once, then paged and counted, rather than by a scan for the page and
+        # another for the count: a search computes each of the user's tasks' text-search
+        # vector, a tag filter joins the user's tags and links (and each table read is
+        # one more check of the signed context by row-level security). Either way the
+        # page read every task that passes already, to sort them.
         source = f"matched as materialized (select tasks.* from public.tasks tasks {where}), "  # noqa: S608
         page = f"select tasks.*, {sort_key} as sort_key from matched tasks{order_by}"  # noqa: S608
         count = "select count(*) from matched"
