@@ -232,6 +232,15 @@ def _drift(
                         table,
                     )
                 )
+            elif aspect == "runtime_column_grants":
+                problems.append(
+                    Problem(
+                        "grants_drift",
+                        f"{RUNTIME_ROLE}'s column grants on {table} are {_listed(live)}; "
+                        f"sql/policies/ grants {_listed(declared)}",
+                        table,
+                    )
+                )
             elif aspect in _FLAG_PROBLEM:
                 if (table, _FLAG_PROBLEM[aspect]) not in reported:
                     problems.append(

@@ -785,7 +785,7 @@ def main(
         ),
     ] = None,
     quick: Annotated[
-        bool, typer.Option(help="A smoke run of under 2 minutes: 100 x 100 tasks, 2 s per scenario")
+        bool, typer.Option(help="A smoke run of about 4 minutes: 100 x 100 tasks, 2 s per scenario")
     ] = False,
     output: Annotated[Path, typer.Option(help="Where the results go")] = RESULTS,
 ) -> None:
