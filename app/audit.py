@@ -223,21 +223,13 @@ def _drift(
         for aspect, (live, declared) in sorted(aspects.items()):
             if aspect == "policies":
                 problems += _policy_problems(table, live or [], declared or [])
-            elif aspect == "runtime_grants":
+            elif aspect in ("runtime_grants", "runtime_column_grants"):
+                # What it may do on the table, or on which of its columns ("UPDATE (title)").
                 problems.append(
                     Problem(
                         "grants_drift",
                         f"{RUNTIME_ROLE} may {_listed(live)} on {table}; sql/policies/ grants "
                         f"{_listed(declared)}",
-                        table,
-                    )
-                )
-            elif aspect == "runtime_column_grants":
-                problems.append(
-                    Problem(
-                        "grants_drift",
-                        f"{RUNTIME_ROLE}'s column grants on {table} are {_listed(live)}; "
-                        f"sql/policies/ grants {_listed(declared)}",
                         table,
                     )
                 )

@@ -199,7 +199,6 @@ def _list_sql(
     # Tasks with no due date come last whichever the order.
     nulls = " nulls last" if sort is SortField.due else ""
 
-    order_by = f" order by {sort_key} {direction}{nulls}, tasks.id {direction} limit $2 offset $3"
     if _FOUND_ONCE & params.keys():
         # Found once, then paged and counted, rather than by a scan for the page and
         # another for the count: a search computes each of the user's tasks' text-search
@@ -207,15 +206,19 @@ def _list_sql(
         # one more check of the signed context by row-level security). Either way the
         # page read every task that passes already, to sort them.
         source = f"matched as materialized (select tasks.* from public.tasks tasks {where}), "  # noqa: S608
-        page = f"select tasks.*, {sort_key} as sort_key from matched tasks{order_by}"  # noqa: S608
+        rows = "matched tasks"
         count = "select count(*) from matched"
     else:
         # The page reads only its own rows, in index order; the count is a scan of its
         # own, of the index alone where the table is vacuumed, rather than of every row
         # the user has.
         source = ""
-        page = f"select tasks.*, {sort_key} as sort_key from public.tasks tasks {where}{order_by}"  # noqa: S608
-        count = f"select count(*) from public.tasks tasks {where}"  # noqa: S608
+        rows = f"public.tasks tasks {where}"
+        count = f"select count(*) from {rows}"  # noqa: S608
+    page = (
+        f"select tasks.*, {sort_key} as sort_key from {rows}"  # noqa: S608
+        f" order by {sort_key} {direction}{nulls}, tasks.id {direction} limit $2 offset $3"
+    )
     return (
         f"with {source}page as ({page})"  # noqa: S608
         # string_agg rather than json_agg, which puts a line break between elements.
