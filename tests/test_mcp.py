@@ -365,17 +365,25 @@ async def test_a_host_or_origin_not_allowed_is_refused_before_any_tool_runs(
     # HOST (DNS-rebinding protection), and browsers only from allowed origins.
     settings = make_settings(db_url, allowed_hosts=["*"], cors_origins=["https://app.example.com"])
     async with running_app(settings) as open_app, http_client(open_app) as open_client:
-        for extra, status in [
-            ({"Host": "evil.example"}, 421),
-            ({"Host": "evil.example:8000"}, 421),
-            ({"Host": "localhost:8000", "Origin": "http://evil.example"}, 403),
-            ({"Host": "127.0.0.1:8000", "Origin": "https://app.example.com"}, 200),
-            ({"Host": "localhost:8000", "Origin": "http://localhost:6274"}, 200),
+        # The SDK's refusals are in plain text: sent as JSON, as every other refusal.
+        for extra, status, detail in [
+            ({"Host": "evil.example"}, 421, "Invalid Host header"),
+            ({"Host": "evil.example:8000"}, 421, "Invalid Host header"),
+            ({"Host": "localhost:8000", "Origin": "http://evil.example"}, 403, "Invalid Origin header"),
+            ({"Host": "localhost:8000", "Content-Type": "text/plain"}, 400, "Invalid Content-Type header"),
+            ({"Host": "127.0.0.1:8000", "Origin": "https://app.example.com"}, 200, None),
+            ({"Host": "localhost:8000", "Origin": "http://localhost:6274"}, 200, None),
         ]:
             response = await open_client.post(
-                "/mcp", json=rpc("add_task", title=str(extra)), headers=headers | extra
+                "/mcp",
+                content=json.dumps(rpc("add_task", title=str(extra))),
+                headers=headers | {"Content-Type": "application/json"} | extra,
             )
             assert response.status_code == status, (extra, response.text)
+            assert response.headers["content-type"].startswith("application/json"), extra
+            if detail is not None:
+                assert response.json() == {"detail": detail}
+                assert int(response.headers["content-length"]) == len(response.content)
     assert [title for (title,) in admin_conn.execute("select title from tasks order by id")] == [
         str({"Host": "127.0.0.1:8000", "Origin": "https://app.example.com"}),
         str({"Host": "localhost:8000", "Origin": "http://localhost:6274"}),

@@ -12,6 +12,7 @@ answers, built with the official SDK (mcp.server.mcpserver.MCPServer).
 """
 
 import ipaddress
+import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,8 +29,9 @@ from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetad
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import ToolAnnotations
 from pydantic import AnyHttpUrl, ConfigDict, create_model
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import Match, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.auth import TokenVerifier
 from app.config import Settings
@@ -180,16 +182,56 @@ class _Route(Route):
         return match, child_scope
 
 
+def _plain_text_refusal(message: Message) -> bool:
+    if message["status"] < 400:
+        return False
+    content_type = Headers(raw=message["headers"]).get("content-type")
+    return content_type is None or content_type.startswith("text/plain")
+
+
+def _json_refusals(send: Send) -> Send:
+    """`send`, but a refusal in plain text goes out as `{"detail": its text}`.
+
+    The SDK's transport checks answer in plain text (a Host not allowed 421 "Invalid Host
+    header", a browser Origin 403, a Content-Type 400, a body too large 413), where every
+    other refusal of this service is JSON. The status, the text and the other headers are
+    kept. The SDK has no option for it; its JSON answers (JSON-RPC errors, OAuth's 401)
+    pass as they are."""
+    held: Message | None = None
+    body = bytearray()
+
+    async def send_json_refusal(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start" and _plain_text_refusal(message):
+            held = message
+            return
+        if held is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        body.extend(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        detail = json.dumps({"detail": body.decode("utf-8", "replace")}).encode()
+        headers = MutableHeaders(raw=list(held["headers"]))
+        headers["content-type"] = "application/json"
+        headers["content-length"] = str(len(detail))
+        await send({**held, "headers": headers.raw})
+        await send({"type": "http.response.body", "body": detail})
+
+    return send_json_refusal
+
+
 class _Endpoint:
     """The SDK's app as a route's endpoint, on a copy of the scope: the SDK's Starlette
     app writes its own `app`, `router` and `route` into the scope it is given, where this
-    app's access log and error handlers read this app's."""
+    app's access log and error handlers read this app's. Its refusals in plain text are
+    sent as JSON (_json_refusals)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(dict(scope), receive, send)
+        await self.app(dict(scope), receive, _json_refusals(send))
 
 
 @dataclass(frozen=True)
