@@ -3,6 +3,7 @@ table seeded, the service's statements captured, the list's and the chat's trans
 counted, the service and its controls (PostGraphile's at 1 and 2 workers too) under wrk
 and pgbench for a second each, a growth point with the reads' plans, the report written."""
 
+import asyncio
 import hashlib
 import json
 import os
@@ -16,9 +17,11 @@ import jwt
 import psycopg
 import pytest
 
+from app.database import UnsafeRuntimeRole
+from app.main import create_app
 from app.models import TaskPublic
 from app.policies import drift
-from bench import context_statement, postgraphile, report
+from bench import context_statement, isolation, postgraphile, report
 from bench.database import (
     BYPASS_ROLE,
     TAGS_PER_USER,
@@ -34,7 +37,7 @@ from bench.database import (
     user_id,
 )
 from bench.load import GROWTH_SCENARIOS, Request
-from bench.run import Bench, Options, Secrets
+from bench.run import Bench, Options, Secrets, service_settings
 from bench.service import SpeedProbe
 from tests.conftest import TEST_CONTEXT_KEY, TEST_DB, DbUrls, Server, missing_tool
 from tests.tokens import TEST_SECRET, forge, make_token
@@ -496,3 +499,38 @@ def test_the_context_statement_measurement_runs(pg_server: Server, db_url: DbUrl
             "select proconfig from pg_proc where oid = 'app.current_user_id()'::regprocedure"
         )
         assert settings.fetchone() == (["search_path=pg_catalog, pg_temp"],)
+
+
+def test_the_isolation_measurement_runs(pg_server: Server, db_url: DbUrls) -> None:
+    """`python -m bench.isolation` on its smallest path (bench/README.md, round 12): the
+    service as shipped and the bypassed control in one process, taking turns, each
+    batch's CPU read; and the shipped app refused the bypass role still (the control's
+    start-up check is swapped in for its own start only)."""
+    db = bench_database(pg_server, db_url, log_path=None)
+    seed(db.admin_url, 1, 4, 5, lambda rows: None)
+    options = isolation.Options(users=4, tasks_per_user=5, rounds=2, batch=2, scenarios=("list", "create"))
+    keys = Secrets(jwt_secret=TEST_SECRET, context_key=TEST_CONTEXT_KEY)
+    lines: list[str] = []
+    costs = isolation.measure(db, keys, options, lines.append)
+
+    assert [cost.scenario for cost in costs] == ["list", "create"] and len(lines) == 2
+    for cost in costs:
+        assert cost.pairs == 2 and cost.ratio_p10 <= cost.ratio <= cost.ratio_p90, cost
+        assert min(cost.rls_python_us, cost.rls_database_us, cost.bypassed_python_us) > 0, cost
+        assert cost.bypassed_database_us > 0, cost
+    meta = {"started": "-", "tasks": 20, "users": 4, "rounds": 2, "batch": 2, "machine": "-"}
+    assert "| list | " in isolation.to_markdown(costs, meta)
+    # The bypassed control wrote with the BYPASSRLS role, the shipped app with the runtime
+    # role: each create's row is there, 2 batches of 2 each, after the warm-up's.
+    with psycopg.connect(db.admin_url) as conn:
+        created = conn.execute("select count(*) from tasks where title = 'Benchmark task'").fetchone()
+    assert created is not None and created[0] >= 8
+
+    # And the service itself still refuses the bypass role at start-up.
+    async def start_shipped_as_bypass() -> None:
+        bypassed = create_app(service_settings(db, keys, db.bypass_url))
+        async with bypassed.router.lifespan_context(bypassed):
+            pass
+
+    with pytest.raises(UnsafeRuntimeRole):
+        asyncio.run(start_shipped_as_bypass())
