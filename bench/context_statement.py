@@ -60,6 +60,7 @@ from app.session import sign_context
 from bench import database, pgbench
 from bench.capture import EXPIRES, SIGNATURE, USER, Param, Statement
 from bench.database import BenchDatabase, user_id
+from bench.run import chosen_names
 from bench.service import tree_cpu_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -538,11 +539,7 @@ def main(
     chosen = {"users": users, "duration": duration, "rounds": rounds, "clients": clients}
     options = Options(**(vars(base) | {k: v for k, v in chosen.items() if v is not None}))
     if configurations is not None:
-        names = tuple(name.strip() for name in configurations.split(",") if name.strip())
-        unknown = sorted(set(names) - set(CONFIGURATIONS))
-        if unknown or not names:
-            raise typer.BadParameter(f"unknown configurations: {', '.join(unknown) or 'none given'}")
-        options.configurations = names
+        options.configurations = chosen_names(configurations, CONFIGURATIONS, "configurations")
     run(options, output)
 
 

@@ -47,7 +47,7 @@ from app.main import create_app
 from bench.control_app import require_bypassrls
 from bench.database import BenchDatabase, embedded_database, seed, user_id
 from bench.load import REQUESTS, request_path
-from bench.run import Secrets, service_settings
+from bench.run import Secrets, chosen_names, service_settings
 
 RESULTS = Path(__file__).parent / "results"
 # The service's scenarios that are one request each (mix is a blend of them).
@@ -273,11 +273,7 @@ def main(
     chosen = {"rounds": rounds, "batch": batch}
     options = Options(**(asdict(QUICK if quick else Options()) | {k: v for k, v in chosen.items() if v}))
     if scenarios is not None:
-        names = tuple(name.strip() for name in scenarios.split(",") if name.strip())
-        unknown = sorted(set(names) - set(SCENARIOS))
-        if unknown or not names:
-            raise typer.BadParameter(f"unknown scenarios: {', '.join(unknown) or 'none given'}")
-        options.scenarios = names
+        options.scenarios = chosen_names(scenarios, SCENARIOS, "scenarios")
     run(options, output)
 
 

@@ -18,7 +18,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -736,6 +736,16 @@ def _sizes(value: str) -> tuple[int, ...]:
     return tuple(int(part.replace("_", "")) for part in value.split(",") if part.strip())
 
 
+def chosen_names(value: str, known: Iterable[str], what: str) -> tuple[str, ...]:
+    """The names of a comma-separated option (--scenarios, --configurations), each one of
+    `known`; a clear error otherwise. Shared by the benchmark's commands."""
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = sorted(set(names) - set(known))
+    if unknown or not names:
+        raise typer.BadParameter(f"unknown {what}: {', '.join(unknown) or 'none given'}")
+    return names
+
+
 @cli.command()
 def main(
     users: Annotated[int | None, typer.Option(min=1, help="Users to seed [default: 10000]")] = None,
@@ -805,11 +815,7 @@ def main(
     }
     options = Options(**(vars(base) | {k: v for k, v in chosen.items() if v is not None}))
     if scenarios is not None:
-        names = tuple(s.strip() for s in scenarios.split(",") if s.strip())
-        unknown = sorted(set(names) - set(load.SCENARIOS))
-        if unknown or not names:
-            raise typer.BadParameter(f"unknown scenarios: {', '.join(unknown) or 'none given'}")
-        options.scenarios = names
+        options.scenarios = chosen_names(scenarios, load.SCENARIOS, "scenarios")
     if growth_sizes is not None:
         options.growth_sizes = _sizes(growth_sizes)
     options.postgraphile = postgraphile_control
