@@ -81,15 +81,16 @@ async def test_switching_user_inside_a_valid_transaction_loses_all_access(sessio
 
 
 async def test_a_context_expires_inside_a_transaction_kept_open(
-    engine: AsyncEngine, settings: Settings
+    engine: AsyncEngine, settings: Settings, sessions: UserSessions
 ) -> None:
     """The expiry is checked against each statement's time, not the transaction's start:
     holding a transaction open does not stretch a context's life."""
-    short_lived = UserSessions(engine, KEY, 1, settings.db_lock_timeout)
-    await seed(short_lived)
+    await seed(sessions)
+    # A whole second, the expiry being whole seconds: it lives for 1 to 2 s from here.
+    short_lived = UserSessions(engine, KEY, 2, settings.db_lock_timeout)
     async with short_lived.connection("alice") as connection:
         assert await connection.fetchval("select count(*) from public.tasks") == 1
-        await asyncio.sleep(2.1)  # past the expiry: at most 1 s, plus the second it rounds to
+        await asyncio.sleep(2.1)  # past the expiry, 2 s from the second's start at most
         assert await connection.fetchval("select app.current_user_id()") is None
         assert await connection.fetchval("select count(*) from public.tasks") == 0
         assert await connection.execute("update public.tasks set title = 'late'") == "UPDATE 0"
