@@ -238,6 +238,29 @@ async def test_list_past_the_end_is_empty_but_still_counts(client: httpx.AsyncCl
     assert set(links) == {"prev"}
 
 
+async def test_a_short_page_counts_the_same_as_a_full_one(client: httpx.AsyncClient) -> None:
+    """A page cut short by the end of the tasks is counted from the page itself (the
+    count's scan is not run); any page, full or short, first or not, gives the same
+    total, with a filter and without."""
+    tasks = [await create(client, f"task {number}") for number in range(5)]
+    await client.patch(f"/api/alice/tasks/{tasks[0]['id']}/complete", headers=ALICE)
+    for params, titles, total in [
+        ({}, 5, "5"),  # short, the first
+        ({"limit": 3}, 3, "5"),  # full
+        ({"limit": 3, "offset": 3}, 2, "5"),  # short, not the first
+        ({"limit": 2, "offset": 4}, 1, "5"),
+        ({"offset": 5}, 0, "5"),  # empty past the end: counted
+        ({"status": "pending", "limit": 3, "offset": 2}, 2, "4"),
+        ({"status": "completed"}, 1, "1"),
+        ({"status": "completed", "offset": 1}, 0, "1"),
+    ]:
+        response = await client.get("/api/alice/tasks", params=params, headers=ALICE)
+        assert (len(response.json()), response.headers["X-Total-Count"]) == (titles, total), params
+    # Someone with no tasks at all: an empty first page, and nothing to count.
+    response = await client.get("/api/bob/tasks", headers=BOB)
+    assert (response.json(), response.headers["X-Total-Count"]) == ([], "0")
+
+
 # --- update -------------------------------------------------------------------------
 
 
