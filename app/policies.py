@@ -107,24 +107,46 @@ with user_tables as (
 )
 """
 
-# Uniqueness and foreign-key checks see every row, whatever row-level security says, so
-# their errors can tell a user that another user's row exists. On a table of user data,
-# a unique index must include user_id (then it only ever compares a user's own rows),
-# unless the runtime role cannot write any of its columns (an id the database assigns);
-# and a foreign key between such tables must carry user_id on both sides.
+# Uniqueness, exclusion and foreign-key checks see every row, whatever row-level security
+# says, so their errors can tell a user that another user's row exists. On a table of
+# user data, a unique index must include user_id (then it only ever compares a user's
+# own rows), and an exclusion constraint must compare user_id with =, unless the runtime
+# role cannot write any column the index reads (an id the database assigns): its key
+# columns and those of its expressions (pg_depend). And a foreign key between such
+# tables must carry user_id on both sides.
 # Constants joined: no value of anyone's is formatted into them.
 _EXISTENCE_LEAKS = (
     _USER_TABLES  # noqa: S608
     + """
-select format('unique index %%s on %%s does not include user_id',
-              x.indexrelid::regclass, x.indrelid::regclass)
+select case when x.indisexclusion
+         then format('exclusion constraint %%s on %%s does not compare user_id with =',
+                     x.indexrelid::regclass, x.indrelid::regclass)
+         else format('unique index %%s on %%s does not include user_id',
+                     x.indexrelid::regclass, x.indrelid::regclass) end
 from pg_index x join user_tables t on t.oid = x.indrelid
-where x.indisunique
-  and not t.user_col = any(x.indkey)
+where (x.indisunique and not t.user_col = any(x.indkey)
+       or x.indisexclusion and not exists (
+         select from pg_constraint c
+         cross join unnest(c.conkey, c.conexclop) as k(col, op)
+         join pg_operator o on o.oid = k.op
+         where c.conindid = x.indexrelid and c.contype = 'x'
+           and k.col = t.user_col and o.oprname = '='))
   and exists (
-    select from unnest(x.indkey) k
-    where k > 0 and (has_column_privilege(%(runtime)s, x.indrelid, k, 'INSERT')
-                     or has_column_privilege(%(runtime)s, x.indrelid, k, 'UPDATE')))
+    select from (
+      select k as col from unnest(x.indkey) k where k > 0
+      union
+      -- The columns of its expressions: the index depends on them, or, where a constraint
+      -- owns the index, the constraint does.
+      select d.refobjsubid::smallint from pg_depend d
+      where d.refclassid = 'pg_class'::regclass and d.refobjid = x.indrelid and d.refobjsubid > 0
+        and (d.classid = 'pg_class'::regclass and d.objid = x.indexrelid
+             or d.classid = 'pg_constraint'::regclass and d.objid in (
+               select c.oid from pg_constraint c
+               where c.conindid = x.indexrelid and c.conrelid = x.indrelid
+                 and c.contype in ('p', 'u', 'x')))
+    ) used
+    where has_column_privilege(%(runtime)s, x.indrelid, used.col, 'INSERT')
+       or has_column_privilege(%(runtime)s, x.indrelid, used.col, 'UPDATE'))
 union all
 select format('foreign key %%s on %%s does not pair user_id with user_id', f.conname, f.conrelid::regclass)
 from pg_constraint f

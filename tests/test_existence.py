@@ -40,6 +40,41 @@ def test_a_unique_index_without_user_id_is_caught(
     assert existence_leaks(admin_conn) == [f"unique index leaky_key on {table} does not include user_id"]
 
 
+@pytest.mark.parametrize(
+    ("ddl", "expected"),
+    [
+        # An index on an expression has no key column of its own: the columns it reads
+        # are what the runtime role writes.
+        (
+            "create unique index leaky_key on tasks (lower(title))",
+            "unique index leaky_key on tasks does not include user_id",
+        ),
+        ("create unique index leaky_key on tasks (user_id, lower(title))", None),
+        # An exclusion constraint refuses a row that conflicts with anyone's.
+        (
+            "alter table tasks add constraint leaky_key exclude using btree (title with =)",
+            "exclusion constraint leaky_key on tasks does not compare user_id with =",
+        ),
+        (
+            "alter table tags add constraint leaky_key exclude using btree (lower(name) with =)",
+            "exclusion constraint leaky_key on tags does not compare user_id with =",
+        ),
+        # With user_id compared with =, it compares a user's own rows only.
+        (
+            "alter table tasks add constraint leaky_key exclude using btree (user_id with =, title with =)",
+            None,
+        ),
+        # The database assigns ids: the runtime role cannot choose one to probe with.
+        ("alter table tasks add constraint leaky_key exclude using btree (id with =)", None),
+    ],
+)
+def test_expression_indexes_and_exclusion_constraints_are_checked(
+    admin_conn: psycopg.Connection, ddl: str, expected: str | None
+) -> None:
+    admin_conn.execute(ddl)
+    assert existence_leaks(admin_conn) == ([expected] if expected else [])
+
+
 @pytest.mark.parametrize("target", ["tasks", "tags", "conversations"])
 def test_a_foreign_key_without_user_id_is_caught(admin_conn: psycopg.Connection, target: str) -> None:
     # A key on the id alone, to reference: the runtime role cannot write ids, so the key
