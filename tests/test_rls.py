@@ -878,6 +878,7 @@ def route_statements() -> list[str]:
         tasks._get_sql(tasks.OWNER_FILTER),
         tasks._delete_sql(tasks.OWNER_FILTER),
         tasks._update_sql(tasks.OWNER_FILTER, ""),
+        tasks._toggle_sql(tasks.OWNER_FILTER),
         tasks._lock_sql(tasks.OWNER_FILTER),
         tasks._spawn_sql(tasks.OWNER_FILTER),
         tasks._list_sql(

@@ -285,29 +285,37 @@ def _spawns(completed: str) -> str:
     )
 
 
-# A toggle completes a task exactly when the task it leaves is completed.
-_TOGGLE = "completed = not tasks.completed, "
+def _updating(owner: str, assignments: str) -> str:
+    """Changes task $2 with `assignments` (each ending ", "), answering its rows as _one
+    takes them."""
+    return (
+        f"update public.tasks tasks set {assignments}updated_at = now()"  # noqa: S608
+        f" where tasks.id = $2 and {owner} returning *, {_VERSION}"
+    )
 
 
 @cache
 def _update_sql(owner_filter: str, assignments: str) -> str:
     """Changes task $2 with `assignments`; answers it as _one does, and whether its next
-    occurrence is due to be made (_spawn_sql). Other writes read the task as the statement
-    began (`old`) to see whether they completed it; a toggle needs no such read (its
-    policy would check the signed context once more, bench/README.md round 12)."""
+    occurrence is due to be made (_spawn_sql): whether the write completed it, against
+    the task as the statement began (`old`)."""
     owner = _owner(owner_filter, "tasks")
-    statement = (
-        f"update public.tasks tasks set {assignments}updated_at = now()"  # noqa: S608
-        f" where tasks.id = $2 and {owner} returning *, {_VERSION}"
-    )
-    if assignments == _TOGGLE:
-        return _one(statement, more=_spawns("t.completed"))
     return _one(
-        statement,
+        _updating(owner, assignments),
         before=f"old as (select tasks.completed from public.tasks tasks where tasks.id = $2 and {owner}), ",  # noqa: S608
         more=_spawns("t.completed and not old.completed"),
         join=", old",
     )
+
+
+@cache
+def _toggle_sql(owner_filter: str) -> str:
+    """Toggles task $2 between pending and completed, answering as _update_sql does. A
+    toggle completes a task exactly when it leaves it completed, so it needs no read of
+    the task as the statement began, whose policy would check the signed context once
+    more (bench/README.md round 12)."""
+    owner = _owner(owner_filter, "tasks")
+    return _one(_updating(owner, "completed = not tasks.completed, "), more=_spawns("t.completed"))
 
 
 @cache
@@ -461,12 +469,13 @@ async def update_task(connection: Connection, subject: str, task_id: int, values
     tags = values.pop("tags", None)
     if tags is not None:
         await _set_tags(connection, task_id, tags)
-    return await _update(connection, subject, task_id, _set(tuple(values)), *values.values())
+    statement = _update_sql(OWNER_FILTER, _set(tuple(values)))
+    return await _update(connection, statement, subject, task_id, *values.values())
 
 
 async def toggle_task(connection: Connection, subject: str, task_id: int) -> TaskRow:
     """Between pending and completed."""
-    return await _update(connection, subject, task_id, _TOGGLE)
+    return await _update(connection, _toggle_sql(OWNER_FILTER), subject, task_id)
 
 
 async def delete_task(connection: Connection, subject: str, task_id: int) -> None:
@@ -483,11 +492,11 @@ async def _set_tags(connection: Connection, task_id: int, names: list[str]) -> N
 
 
 async def _update(
-    connection: Connection, subject: str, task_id: int, assignments: str, *values: object
+    connection: Connection, statement: str, subject: str, task_id: int, *values: object
 ) -> TaskRow:
-    """Runs an update of the task (_update_sql); if it completed a recurring task, makes
-    the next occurrence, in the same transaction."""
-    row = await connection.fetchrow(_update_sql(OWNER_FILTER, assignments), subject, task_id, *values)
+    """Runs an update of the task (_update_sql or _toggle_sql); if it completed a
+    recurring task, makes the next occurrence, in the same transaction."""
+    row = await connection.fetchrow(statement, subject, task_id, *values)
     if row is None:
         raise NotFound(TASK_NOT_FOUND)
     if row[3]:
