@@ -40,7 +40,6 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -486,20 +485,13 @@ def to_markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@contextmanager
-def seeded_database(workdir: Path, options: Options, context_key: str) -> Iterator[BenchDatabase]:
-    with database.embedded_database(workdir / "pg", context_key) as db:
-        database.seed(db.admin_url, 1, options.users, options.tasks_per_user, lambda rows: None)
-        yield db
-
-
 def run(options: Options, output: Path) -> list[Path]:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     context_key = secrets.token_urlsafe(48)
     with tempfile.TemporaryDirectory(prefix="todo-bench-context-") as tmp:
         workdir = Path(tmp)
         console.print(f"Seeding {options.users * options.tasks_per_user:,} tasks in {workdir} ...")
-        with seeded_database(workdir, options, context_key) as db:
+        with database.seeded_database(workdir, context_key, options.users, options.tasks_per_user) as db:
             with psycopg.connect(db.admin_url) as conn:
                 version_row = conn.execute("show server_version").fetchone()
             result = measure(db, workdir, options, context_key.encode(), console.print)

@@ -94,6 +94,14 @@ def embedded_database(workdir: Path, context_key: str) -> Iterator[BenchDatabase
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@contextmanager
+def seeded_database(workdir: Path, context_key: str, users: int, per_user: int) -> Iterator[BenchDatabase]:
+    """embedded_database in workdir/pg, with users 1..users given per_user tasks each."""
+    with embedded_database(workdir / "pg", context_key) as db:
+        seed(db.admin_url, 1, users, per_user, lambda rows: None)
+        yield db
+
+
 def prepare(admin_url: str, owner_url: str, context_key: str) -> None:
     """Migrate as the service does (`todo-api migrate`), then create the control role."""
     upgrade(owner_url)

@@ -45,7 +45,7 @@ import app.main
 from app.auth import TokenVerifier
 from app.main import create_app
 from bench.control_app import require_bypassrls
-from bench.database import BenchDatabase, embedded_database, seed, user_id
+from bench.database import BenchDatabase, seeded_database, user_id
 from bench.load import REQUESTS, request_path
 from bench.run import Secrets, chosen_names, service_settings
 
@@ -94,7 +94,9 @@ class Cost:
 
 
 def _database_cpu_ns(postmaster: psutil.Process) -> int:
-    """CPU time of the server's processes so far: the postmaster and all its children."""
+    """CPU time of the server's processes so far: the postmaster and all its children. In
+    nanoseconds, from schedstat: bench.service.tree_cpu_seconds reads psutil's times, in
+    clock ticks (10 ms), about what PostgreSQL spends on a whole batch."""
     total = 0
     for process in [postmaster, *postmaster.children(recursive=True)]:
         with contextlib.suppress(OSError, ValueError):  # a process that has exited meanwhile
@@ -236,10 +238,9 @@ def to_markdown(costs: list[Cost], meta: dict[str, Any]) -> str:
 def run(options: Options, output: Path) -> list[Path]:
     started = datetime.now(UTC)
     keys = Secrets()
-    with tempfile.TemporaryDirectory(prefix="todo-bench-isolation-", dir="/dev/shm") as workdir:
-        console.print(f"Seeding {options.users * options.tasks_per_user:,} tasks ...")
-        with embedded_database(Path(workdir) / "db", keys.context_key) as db:
-            seed(db.admin_url, 1, options.users, options.tasks_per_user, lambda rows: None)
+    with tempfile.TemporaryDirectory(prefix="todo-bench-isolation-") as tmp:
+        console.print(f"Seeding {options.users * options.tasks_per_user:,} tasks in {tmp} ...")
+        with seeded_database(Path(tmp), keys.context_key, options.users, options.tasks_per_user) as db:
             costs = measure(db, keys, options, console.print)
     meta = {
         **asdict(options),
