@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from app.errors import NotFound
 from app.models import ConversationPublic, MessagePublic
+from app.service.paging import page_total
 from app.service.tasks import _UTC_TIMESTAMP
 
 CONVERSATION_NOT_FOUND = "Conversation not found"
@@ -122,10 +123,11 @@ def _list_sql() -> str:
         f"select c.* from public.conversations c where {_owner('c')}"  # noqa: S608
         " order by c.updated_at desc, c.id desc limit $2 offset $3"
     )
+    count = f"select count(*) from public.conversations c where {_owner('c')}"  # noqa: S608
     return (
         f"with page as ({page})"  # noqa: S608
         f" select {_page('page', ConversationPublic, 'page.updated_at desc, page.id desc')},"
-        f" (select count(*) from public.conversations c where {_owner('c')})"
+        f" {page_total('(select count(*) from page)', count, '$2', '$3')}"
     )
 
 
@@ -136,11 +138,12 @@ def _messages_sql() -> str:
         f"select m.* from public.messages m where {_owner('m')} and m.conversation_id = $2"  # noqa: S608
         " order by m.id limit $3 offset $4"
     )
+    count = f"select count(*) from public.messages m where {_owner('m')} and m.conversation_id = $2"  # noqa: S608
     return (
         f"with page as ({page})"  # noqa: S608
         f" select (select true from public.conversations c where {_owner('c')} and c.id = $2),"
         f" {_page('page', MessagePublic, 'page.id')},"
-        f" (select count(*) from public.messages m where {_owner('m')} and m.conversation_id = $2)"
+        f" {page_total('(select count(*) from page)', count, '$3', '$4')}"
     )
 
 

@@ -16,6 +16,7 @@ from asyncpg import Connection, Record
 
 from app.errors import Conflict, NotFound
 from app.models import fold_tag
+from app.service.paging import page_total
 
 TAG_NOT_FOUND = "Tag not found"
 # {} is the table (its alias in the statement); tests/test_rls.py swaps it.
@@ -42,11 +43,12 @@ def _list_sql() -> str:
         f"select * from public.tags g where {_owner('g')}"  # noqa: S608
         " order by g.folded, g.name, g.id limit $2 offset $3"
     )
+    count = f"select count(*) from public.tags g where {_owner('g')}"  # noqa: S608
     return (
         f"with page as ({page})"  # noqa: S608
         f" select coalesce('[' || string_agg({_public('page')}, ','"
         " order by page.folded, page.name, page.id) || ']', '[]'),"
-        f" (select count(*) from public.tags g where {_owner('g')})"
+        f" {page_total('count(*)', count, '$2', '$3')}"
         " from page"
     )
 

@@ -26,6 +26,7 @@ from asyncpg import Connection, Record
 
 from app.errors import NotFound
 from app.models import TaskCreate, TaskPublic, fold_tag
+from app.service.paging import page_total
 
 TASK_NOT_FOUND = "Task not found"
 
@@ -227,12 +228,7 @@ def _list_sql(
         # string_agg rather than json_agg, which puts a line break between elements.
         " select coalesce('[' || string_agg(row_to_json(p)::text, ','"
         f" order by page.sort_key {direction}{nulls}, page.id {direction}) || ']', '[]'),"
-        # A page cut short by the end of the tasks (not empty past it, unless it is the
-        # first) ends where they do: they number the offset and the page's rows. Then
-        # the count is not run at all (its scan, and its table's check of the signed
-        # context): most users' lists are one short page.
-        " case when count(*) < $2 and (count(*) > 0 or $3 = 0) then $3 + count(*)"
-        f" else ({count}) end"
+        f" {page_total('count(*)', count, '$2', '$3')}"
         f" from page, lateral ({_public('page')}) p"
     )
 

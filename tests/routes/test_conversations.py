@@ -221,9 +221,14 @@ async def test_messages_are_listed_oldest_first_in_pages(app: FastAPI, client: h
     page = await client.get(page.links["next"]["url"], headers=ALICE)
     assert [m["content"] for m in page.json()] == ["m2", "m3"]
     assert links(page) == {"next", "prev"}
+    assert page.headers["X-Total-Count"] == "5"
     page = await client.get(page.links["next"]["url"], headers=ALICE)
     assert [m["content"] for m in page.json()] == ["m4"]
     assert links(page) == {"prev"}
+    # A short page is counted from itself, a page past the end by the count: the same total.
+    assert page.headers["X-Total-Count"] == "5"
+    past = await get(client, path, offset=5)
+    assert (past.json(), past.headers["X-Total-Count"]) == ([], "5")
     assert [m["content"] for m in (await get(client, f"/conversations/{other}/messages")).json()] == [
         "elsewhere"
     ]
