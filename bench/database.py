@@ -175,12 +175,17 @@ def filter_tag(n: int) -> str:
     return tag_name(n, task_tags(n, k)[0])
 
 
+# Which of user u's tags (j) its k-th task carries (l.linked), as task_tags() says.
+_LINKS = """(values (1 + (k / 5 + u) %% %(tags)s, (k + u) %% 5 < 2),
+                     (1 + (k / 5 + u + 2) %% %(tags)s, (k + u) %% 10 = 0)) as l(j, linked)"""
+
 # Interleaved by task number, then user: each user's tasks are spread over the table as
 # they would be after months of use by everyone at once, rather than packed into a page
 # or two. Ids are given (OVERRIDING SYSTEM VALUE) so that task_id() holds. 30% of the
 # tasks have no due date; priorities are 20% high, 30% low, the rest medium.
-_SEED = """
-insert into tasks (id, user_id, title, description, completed, priority, due_at, created_at, updated_at)
+_SEED = f"""
+insert into tasks (id, user_id, title, description, completed, priority, due_at, created_at, updated_at,
+                   tag_names, tag_keys)
 overriding system value
 select (u - 1)::bigint * %(per_user)s + k,
        (%(base)s::bigint + u)::text,
@@ -195,12 +200,21 @@ select (u - 1)::bigint * %(per_user)s + k,
        case when (k + u) %% 10 < 7
             then timestamptz '2026-01-01' + ((37 * k + 11 * u) %% 730) * interval '1 day'
                  + ((5 * k + u) %% 24) * interval '1 hour' end,
-       t.at, t.at
+       t.at, t.at, tg.names, tg.keys
 from generate_series(%(k_from)s::int, %(k_to)s::int) as k,
      generate_series(%(u_from)s::int, %(u_to)s::int) as u,
      lateral (select timestamptz '2025-01-01' + k * interval '1 hour' + u * interval '1 millisecond' as at) t,
-     (select %(words)s::text[] as w, cardinality(%(words)s::text[]) as n) v
-"""
+     (select %(words)s::text[] as w, cardinality(%(words)s::text[]) as n) v,
+     -- The task's copy of its tags' names (app.refresh_task_tags), of the links that
+     -- _SEED_TASK_TAGS makes.
+     lateral (select coalesce(array_agg(x.name order by x.key, x.name), array[]::text[]) as names,
+                     coalesce(array_agg(x.key order by x.key, x.name), array[]::text[]) as keys
+              from {_LINKS},
+                   lateral (select (%(names)s::text[])[1 + (5 * u + l.j) %% cardinality(%(names)s::text[])]
+                            as name) named,
+                   lateral (select named.name, lower(named.name) as key) x
+              where l.linked) tg
+"""  # noqa: S608 (constants only)
 _SEED_TAGS = """
 insert into tags (user_id, id, name, folded, created_at)
 overriding system value
@@ -211,16 +225,15 @@ from generate_series(%(u_from)s::int, %(u_to)s::int) as u,
      lateral (select (%(names)s::text[])[1 + (5 * u + j) %% cardinality(%(names)s::text[])] as name) g
 """
 # In the order of task_tags' primary key, so that its B-tree grows at its right edge.
-_SEED_TASK_TAGS = """
+_SEED_TASK_TAGS = f"""
 insert into task_tags (user_id, task_id, tag_id)
 select (%(base)s::bigint + u)::text, (u - 1)::bigint * %(per_user)s + k, (u - 1)::bigint * %(tags)s + l.j
 from generate_series(%(u_from)s::int, %(u_to)s::int) as u,
      generate_series(1, %(per_user)s::int) as k,
-     lateral (values (1 + (k / 5 + u) %% %(tags)s, (k + u) %% 5 < 2),
-                     (1 + (k / 5 + u + 2) %% %(tags)s, (k + u) %% 10 = 0)) as l(j, linked)
+     lateral {_LINKS}
 where l.linked
 order by u, k, l.j
-"""
+"""  # noqa: S608 (constants only)
 
 Progress = Callable[[int], None]
 
@@ -260,7 +273,7 @@ def seed(admin_url: str, first_user: int, last_user: int, per_user: int, advance
         for k_from in range(1, per_user + 1, step):
             k_to = min(k_from + step - 1, per_user)
             values = {"k_from": k_from, "k_to": k_to, "u_from": first_user, "u_to": last_user}
-            conn.execute(_SEED, common | values | {"words": list(WORDS)})
+            conn.execute(_SEED, common | values | {"words": list(WORDS), "names": list(TAG_NAMES)})
             advance((k_to - k_from + 1) * users)
         conn.execute(_SEED_TAGS, common | {"u_from": first_user, "u_to": last_user, "names": list(TAG_NAMES)})
         user_step = max(1, SEED_CHUNK_ROWS // per_user)

@@ -14,7 +14,8 @@ same tokens and the same task numbers work), and is driven by wrk over those tok
 - `tasks.user_id` defaults to that claim, so that a create takes its user from the
   token, as the service's does, rather than from the request;
 - a computed column `tags` (`public.tasks_tags(tasks)`, PostGraphile's way to add a
-  field): a task's tag names, as the service's list answers them;
+  field): a task's tag names, as the service's list answers them, read from the task's
+  own copy of them (`tasks.tag_names`) as the service reads them;
 - three roles: `todo_pg_owner` owns the tables (row-level security is forced, so it
   sees nothing either), `todo_pg_authenticator` is PostGraphile's login (not the owner,
   no BYPASSRLS; it can only become the next), and `todo_pg_user`, the `--default-role`
@@ -187,7 +188,9 @@ create table public.tasks (
   due_at timestamptz,
   recurrence public.task_recurrence,
   recurrence_day smallint,
-  next_task_id bigint
+  next_task_id bigint,
+  tag_names text[] not null default '{{}}',
+  tag_keys text[] not null default '{{}}'
 );
 create table public.task_tags (
   user_id varchar(255) not null,
@@ -200,18 +203,16 @@ _COLUMNS = {
     "tags": "user_id, id, name, folded, created_at",
     "tasks": (
         "id, user_id, title, description, completed, created_at, updated_at, priority, due_at,"
-        " recurrence, recurrence_day, next_task_id"
+        " recurrence, recurrence_day, next_task_id, tag_names, tag_keys"
     ),
     "task_tags": "user_id, task_id, tag_id",
 }
 # A task's tags as the service's list answers them (sorted case-insensitively): a
-# computed column, `tags` in GraphQL. It runs as the caller, so the policies of tags
-# and task_tags apply to it.
+# computed column, `tags` in GraphQL. It reads the task's copy of its tags' names, as
+# the service does (migration 0012): the same table, read the same way.
 _TAGS_FUNCTION = """
 create function public.tasks_tags(t public.tasks) returns text[] language sql stable as $$
-  select coalesce(array_agg(g.name::text order by g.folded, g.name), array[]::text[])
-  from public.task_tags tt join public.tags g on g.user_id = tt.user_id and g.id = tt.tag_id
-  where tt.user_id = t.user_id and tt.task_id = t.id
+  select t.tag_names
 $$
 """
 # What todo_pg_user may do: as the service's runtime role (sql/policies/tasks.sql), the

@@ -6,6 +6,41 @@
 --
 -- Safe to run again: migrations re-apply this file whenever it changes.
 
+-- Copies the tags of the caller's tasks `task_ids` onto their rows: tasks.tag_names, the
+-- names as the API answers them (sorted by their folded form, then by name), and
+-- tasks.tag_keys, the folded forms in the same order. task_tags and tags are what a task's
+-- tags are; the two columns are their copy, so that an answer or a tag filter reads the
+-- task's row alone (bench/README.md, round 13). Every statement that changes a task's
+-- links or a tag's name calls this in the same transaction: app.set_task_tags below,
+-- and the rename, merge and delete of a tag (app/service/tags.py). A task whose columns
+-- already hold its tags is not written again.
+create or replace function app.refresh_task_tags(task_ids bigint[])
+returns void
+language plpgsql
+volatile
+as $$
+declare
+  owner text := app.current_user_id();
+begin
+  update public.tasks t set tag_names = x.names, tag_keys = x.keys
+  from (select t2.id,
+               coalesce(array_agg(g.name::text order by g.folded, g.name) filter (where g.id is not null),
+                        array[]::text[]) as names,
+               coalesce(array_agg(g.folded::text order by g.folded, g.name) filter (where g.id is not null),
+                        array[]::text[]) as keys
+        from public.tasks t2
+        left join public.task_tags tt on tt.user_id = t2.user_id and tt.task_id = t2.id
+        left join public.tags g on g.user_id = tt.user_id and g.id = tt.tag_id
+        where t2.user_id = owner and t2.id = any(task_ids)
+        group by t2.id) x
+  where t.user_id = owner and t.id = x.id
+    and (t.tag_names, t.tag_keys) is distinct from (x.names, x.keys);
+end
+$$;
+
+comment on function app.refresh_task_tags(bigint[]) is
+  'Copies the caller''s tasks'' tags (task_tags, tags) onto their rows: tasks.tag_names and tasks.tag_keys.';
+
 -- Sets task `task`'s tags to exactly `tag_names` (with their case-folded forms in
 -- `tag_keys`, as app/models.py folds them: one folding for every way in, whatever the
 -- database's locale), creating the caller's tags that do not exist yet. False when the
@@ -36,6 +71,7 @@ begin
   select owner, task, g.id from public.tags g
   where g.user_id = owner and g.folded = any(tag_keys)
   on conflict do nothing;
+  perform app.refresh_task_tags(array[task]);
   return true;
 end
 $$;
@@ -96,10 +132,12 @@ as $$
                                       '''( |$)', ''':*\1', 'g')::tsquery
 $$;
 
+revoke all on function app.refresh_task_tags(bigint[]) from public;
 revoke all on function app.set_task_tags(bigint, text[], text[]) from public;
 revoke all on function app.next_due(timestamptz, text, int) from public;
 revoke all on function app.task_search_vector(text, text) from public;
 revoke all on function app.task_search_query(text) from public;
+grant execute on function app.refresh_task_tags(bigint[]) to todo_app;
 grant execute on function app.set_task_tags(bigint, text[], text[]) to todo_app;
 grant execute on function app.next_due(timestamptz, text, int) to todo_app;
 grant execute on function app.task_search_vector(text, text) to todo_app;

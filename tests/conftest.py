@@ -45,6 +45,17 @@ TEST_CONTEXT_KEY = "test-context-key-that-is-long-enough-0123456789"
 # Only used when the server needs passwords (an external one); trust auth ignores them.
 ROLE_PASSWORD = "todo-test-password"
 
+# The tasks whose copy of their tags (tag_names, tag_keys: migration 0012) is not what
+# task_tags and tags say, as the superuser reads them.
+STALE_COPIES = """
+select t.user_id, t.id, t.tag_names, t.tag_keys from tasks t,
+  lateral (select coalesce(array_agg(g.name::text order by g.folded, g.name), array[]::text[]) as names,
+                  coalesce(array_agg(g.folded::text order by g.folded, g.name), array[]::text[]) as keys
+           from task_tags tt join tags g on g.user_id = tt.user_id and g.id = tt.tag_id
+           where tt.user_id = t.user_id and tt.task_id = t.id) linked
+where (t.tag_names, t.tag_keys) is distinct from (linked.names, linked.keys)
+"""
+
 
 # Modules of long tests (30-50 s each: real instances, a benchmark run, the fuzzer),
 # run first: pytest-xdist hands tests out in collection order, and one of them started

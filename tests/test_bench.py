@@ -39,7 +39,7 @@ from bench.database import (
 from bench.load import GROWTH_SCENARIOS, Request
 from bench.run import Bench, Options, Secrets, service_settings
 from bench.service import SpeedProbe
-from tests.conftest import TEST_CONTEXT_KEY, TEST_DB, DbUrls, Server, missing_tool
+from tests.conftest import STALE_COPIES, TEST_CONTEXT_KEY, TEST_DB, DbUrls, Server, missing_tool
 from tests.tokens import TEST_SECRET, forge, make_token
 
 WRK = shutil.which("wrk")
@@ -185,7 +185,8 @@ def test_the_benchmark_measures_the_service_and_its_controls(
         assert plan["buffers"] > 0 and any(scan["table"] == "tasks" for scan in plan["scans"])
     # (On a table this small the planner reads tables whole: the plans at scale are the
     # benchmark's to show, bench/README.md.)
-    assert any(s["table"] == "task_tags" for s in plans["tag"]["scans"])
+    # A tag filter matches on the tasks' own copy of their tags' names (migration 0012).
+    assert {s["table"] for s in plans["tag"]["scans"]} == {"tasks"}
 
     # Issue 15's targets, each measured here.
     targets = {t["name"]: t for t in written["targets"]}
@@ -223,6 +224,10 @@ def test_the_benchmark_measures_the_service_and_its_controls(
             " where g.user_id = tt.user_id and g.id = tt.tag_id)"
         ).fetchone()
         assert orphans == (0,)
+        # Seeding wrote each task's copy of its tags' names (app.refresh_task_tags) itself.
+        stale = conn.execute(STALE_COPIES).fetchall()
+        assert stale == []
+        assert conn.execute("select count(*) filter (where tag_names <> '{}') from tasks").fetchone() != (0,)
         assert conn.execute("select count(*) from tags").fetchone() == (4 * TAGS_PER_USER,)
         # Each user's search term and tag find some of its tasks (the API's own matching).
         for n in range(1, 5):
@@ -470,11 +475,12 @@ def test_the_context_statement_measurement_runs(pg_server: Server, db_url: DbUrl
 
     assert set(result["per_call_us"]) == {"set_config", "set_context", "one EXECUTE of five SET LOCALs"}
     assert set(result["current_user_id_per_call_us"]) == set(context_statement.FUNCTION_FORMS)
-    # A page of 5 tasks: the shipped policies call the function once per protected scan
-    # of the statement, the plain ones once more for each task's tags. The page is short
-    # of the limit (50), so the count's scan is not run (a full page adds it: 4 and 7).
+    # A page of 5 tasks: the statement reads one protected table, tasks (each task's tags
+    # are its own copy, migration 0012), so either form of the policies calls the
+    # function once. The page is short of the limit (50), so the count's scan is not run
+    # (a full page adds its scan of tasks, one more call).
     calls = result["current_user_id_calls_per_list"]
-    assert calls == {"subquery": 3, "plain": 1 + options.tasks_per_user}, calls
+    assert calls == {"subquery": 1, "plain": 1}, calls
     replays = result["replays"]
     assert set(replays) == set(context_statement.CONFIGURATIONS)
     for name, replay in replays.items():

@@ -1,8 +1,10 @@
-"""Revisions 0008 (tags, recurring tasks, search) and 0009 (conversations) on a database
-in use: the rows a 0007 or 0008 database holds come through unchanged, and going back to
-0007 and forward again leaves the schema as it was."""
+"""Revisions 0008 (tags, recurring tasks, search), 0009 (conversations) and 0012 (a
+task's tag names on its row) on a database in use: the rows a 0007 or 0008 database
+holds come through unchanged, and going back to 0007 and forward again leaves the schema
+as it was."""
 
 import asyncio
+import json
 from typing import Any
 
 import psycopg
@@ -115,15 +117,41 @@ def every_row(admin_conn: psycopg.Connection, tables: tuple[str, ...]) -> dict[s
 async def test_rows_of_0008_migrate_to_head_unchanged(
     admin_conn: psycopg.Connection, db_url: DbUrls, sessions: UserSessions
 ) -> None:
-    """Every row of every table is kept; the conversation tables come empty, and a user
-    can start a conversation at once."""
+    """Every row of every table is kept, and each task gets its copy of its tags' names
+    (0012); the conversation tables come empty, and a user can start a conversation at
+    once."""
     await asyncio.to_thread(downgrade, db_url.owner, "0008")
     assert admin_conn.execute("select to_regclass('conversations')").fetchone() == (None,)
     fill_at_0008(admin_conn)
     before = every_row(admin_conn, TABLES_0008)
     assert all(before.values()) and before["task_tags"]
     await asyncio.to_thread(upgrade, db_url.owner)
-    assert every_row(admin_conn, TABLES_0008) == before
+    after = every_row(admin_conn, TABLES_0008)
+    # Tasks keep every value, and 0012 gives each its tags' names and folded names (by
+    # folded name, then name), as task_tags and tags say.
+    tasks = [json.loads(row) for row in after.pop("tasks")]
+    copies = {task["id"]: (task.pop("tag_names"), task.pop("tag_keys")) for task in tasks}
+    assert tasks == [json.loads(row) for row in before.pop("tasks")]
+    assert after == before
+    tags = {tag["id"]: tag for tag in map(json.loads, before["tags"])}
+    carried: dict[int, list[dict[str, Any]]] = {task["id"]: [] for task in tasks}
+    for link in map(json.loads, before["task_tags"]):
+        carried[link["task_id"]].append(tags[link["tag_id"]])
+    expected = {
+        task_id: (
+            [tag["name"] for tag in sorted(its, key=lambda tag: (tag["folded"], tag["name"]))],
+            [tag["folded"] for tag in sorted(its, key=lambda tag: (tag["folded"], tag["name"]))],
+        )
+        for task_id, its in carried.items()
+    }
+    assert copies == expected
+    assert any(names for names, _ in copies.values()) and any(not names for names, _ in copies.values())
+    # The copy released the tables from FORCE for its own transaction only.
+    forced = admin_conn.execute(
+        "select relname, relforcerowsecurity from pg_class where relname = any(%s)",
+        (["tasks", "tags", "task_tags"],),
+    ).fetchall()
+    assert sorted(forced) == [("tags", True), ("task_tags", True), ("tasks", True)]
     assert every_row(admin_conn, ("conversations", "messages")) == {"conversations": [], "messages": []}
 
     async with sessions.connection("user1") as connection:

@@ -6,8 +6,10 @@ As for tasks, every statement is fixed SQL with the caller's id as $1 and an own
 (OWNER_FILTER) that row-level security makes redundant. A tag is named by its name,
 matched case-insensitively (app.models.fold_tag); another user's tag of the same name is
 another row, which none of these statements can see. Changing a tag changes the tasks
-that carry it (their answer lists it): those tasks are touched (updated_at, and so their
-ETag, changes) in the same transaction.
+that carry it (their answer lists it): in the same transaction, those tasks are touched
+(updated_at, and so their ETag, changes), and their copy of their tags' names
+(tasks.tag_names and tag_keys) is made again by app.refresh_task_tags, which takes the
+tasks' ids and reads the caller from the signed context, as app.set_task_tags does.
 """
 
 from typing import cast
@@ -59,12 +61,17 @@ def _find_sql() -> str:
 
 
 def _touch_sql() -> str:
-    """Marks the tasks that carry tag $2 as changed."""
+    """Marks the tasks that carry tag $2 as changed; answers their ids."""
     return (
         f"update public.tasks tasks set updated_at = now() where {_owner('tasks')}"  # noqa: S608
         " and tasks.id in (select tt.task_id from public.task_tags tt"
-        f" where {_owner('tt')} and tt.tag_id = $2)"
+        f" where {_owner('tt')} and tt.tag_id = $2) returning tasks.id"
     )
+
+
+# Copies the tags of tasks $1 onto their rows (sql/task_functions.sql): after a tag's
+# rename, merge or delete, for the tasks that carried it.
+_REFRESH = "select app.refresh_task_tags($1::bigint[])"
 
 
 def _rename_sql() -> str:
@@ -115,19 +122,28 @@ async def rename_tag(connection: Connection, subject: str, name: str, new_name: 
     tag_id = await _find(connection, subject, name)
     folded = fold_tag(new_name)
     target = None if folded == fold_tag(name) else await connection.fetchval(_find_sql(), subject, folded)
-    await connection.execute(_touch_sql(), subject, tag_id)
+    if target is not None and not merge:
+        raise Conflict("you have a tag of that name already: merge=true merges them")
+    tasks = await _touch(connection, subject, tag_id)
     if target is None:
         # A new name, or the same in another case. Two renames to one new name at once:
         # the second breaks the (user_id, folded) key, a 409.
-        return cast(str, await connection.fetchval(_rename_sql(), subject, tag_id, new_name, folded))
-    if not merge:
-        raise Conflict("you have a tag of that name already: merge=true merges them")
-    await connection.execute(_merge_sql(), subject, tag_id, target)
-    return cast(str, await connection.fetchval(_answer_sql(), subject, target))
+        answer = await connection.fetchval(_rename_sql(), subject, tag_id, new_name, folded)
+    else:
+        await connection.execute(_merge_sql(), subject, tag_id, target)
+        answer = await connection.fetchval(_answer_sql(), subject, target)
+    await connection.execute(_REFRESH, tasks)
+    return cast(str, answer)
 
 
 async def delete_tag(connection: Connection, subject: str, name: str) -> None:
     """Deletes the tag: it leaves every task that carried it."""
     tag_id = await _find(connection, subject, name)
-    await connection.execute(_touch_sql(), subject, tag_id)
+    tasks = await _touch(connection, subject, tag_id)
     await connection.execute(_delete_sql(), subject, tag_id)
+    await connection.execute(_REFRESH, tasks)
+
+
+async def _touch(connection: Connection, subject: str, tag_id: int) -> list[int]:
+    """Marks the tasks that carry the tag as changed; their ids."""
+    return [row[0] for row in await connection.fetch(_touch_sql(), subject, tag_id)]

@@ -101,36 +101,27 @@ _STATUS_FILTERS = {
 _UTC_TIMESTAMP = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
 
 
-def _tag_names(row: str) -> str:
-    """The names of the tags task `row` carries, sorted as the API answers them."""
-    return (
-        "(select coalesce(array_agg(g.name order by g.folded, g.name), array[]::text[])"  # noqa: S608
-        " from public.task_tags tt join public.tags g on g.user_id = tt.user_id and g.id = tt.tag_id"
-        f" where tt.user_id = {row}.user_id and tt.task_id = {row}.id)"
-    )
-
-
-def _public(row: str, *, untagged: bool = False) -> str:
+def _public(row: str) -> str:
     """A subquery of TaskPublic's fields of `row` (a tasks row), in TaskPublic's order:
-    row_to_json writes it as the response, compact as FastAPI writes JSON. `untagged`:
-    the row carries no tags, and its tags are not looked up."""
+    row_to_json writes it as the response, compact as FastAPI writes JSON. The tags are
+    the row's own copy of them (tag_names, kept by app.refresh_task_tags), so an answer
+    reads no table but tasks."""
     fields = []
     for name in TaskPublic.model_fields:
         value = f"{row}.{name}"
         if name in ("created_at", "updated_at", "due_at"):
             value = f"to_char({value} at time zone 'UTC', '{_UTC_TIMESTAMP}')"
         elif name == "tags":
-            value = "array[]::text[]" if untagged else _tag_names(row)
+            value = f"{row}.tag_names"
         fields.append(f"{value} as {name}")
     return "select " + ", ".join(fields)
 
 
-def _one(statement: str, *, before: str = "", more: str = "", join: str = "", untagged: bool = False) -> str:
+def _one(statement: str, *, before: str = "", more: str = "", join: str = "") -> str:
     """`statement` (which yields tasks rows and their `version`, the row's xmin) answering
     its row's id, JSON and version. `before`: CTEs the statement uses ("name as (...), ");
-    `more`: columns of `t` (the row) and of what `join` names (CTEs of one row each);
-    `untagged`: as _public's."""
-    public = _public("t", untagged=untagged)
+    `more`: columns of `t` (the row) and of what `join` names (CTEs of one row each)."""
+    public = _public("t")
     return (
         f"with {before}t as ({statement})"  # noqa: S608
         f" select t.id, row_to_json(p)::text, t.version{more} from t{join}, lateral ({public}) p"
@@ -152,19 +143,15 @@ def _search_query(n: int) -> str:
 
 # The optional filters of a list, each one condition on its own bound parameter: their
 # statement has $4, $5, ... in this order, for those given. {n} is the parameter,
-# {owner} the owner filter of the table the condition names.
+# {query} the search's query made of it.
 _OPTIONAL_FILTERS = {
     "priority": "tasks.priority = any(${n}::task_priority[])",
     "due_before": "tasks.due_at < ${n}",
     "due_after": "tasks.due_at > ${n}",
-    # All of the tags: of the user's links to any of them, a task needs one per tag.
-    # ${n} holds each folded name once.
-    "tag": (
-        "tasks.id in (select tt.task_id from public.task_tags tt"
-        " join public.tags g on g.user_id = tt.user_id and g.id = tt.tag_id"
-        " where {owner} and g.folded = any(${n}::text[])"
-        " group by tt.task_id having count(*) = cardinality(${n}::text[]))"
-    ),
+    # All of the tags (${n}, their folded names), matched on the task's own copy of its
+    # tags' folded names: the user's tasks are read through a (user_id, ...) index, as
+    # for a search, and task_tags and tags are not read at all.
+    "tag": "tasks.tag_keys @> ${n}::text[]",
     # The user's tasks are read through a (user_id, ...) index and each is matched
     # here: a search reads no other user's rows or index entries (bench/README.md).
     "q": _SEARCH_VECTOR + " @@ {query}",
@@ -172,7 +159,7 @@ _OPTIONAL_FILTERS = {
 
 
 # The filters whose tasks a list finds once for its page and its count (_list_sql).
-_FOUND_ONCE = {"q", "tag"}
+_FOUND_ONCE = {"q"}
 
 
 @cache
@@ -192,7 +179,7 @@ def _list_sql(
     params = {name: n for n, name in enumerate(filters, start=4)}
     for name, n in params.items():
         condition = _OPTIONAL_FILTERS[name]
-        conditions.append(condition.format(n=n, owner=_owner(owner_filter, "tt"), query=_search_query(n)))
+        conditions.append(condition.format(n=n, query=_search_query(n)))
     if overdue:
         conditions.append("tasks.due_at < statement_timestamp() and not tasks.completed")
     where = "where " + " and ".join(conditions)
@@ -206,9 +193,7 @@ def _list_sql(
     if _FOUND_ONCE & params.keys():
         # Found once, then paged and counted, rather than by a scan for the page and
         # another for the count: a search computes each of the user's tasks' text-search
-        # vector, a tag filter joins the user's tags and links (and each table read is
-        # one more check of the signed context by row-level security). Either way the
-        # page read every task that passes already, to sort them.
+        # vector, and the page read every task that matches already, to sort them.
         source = f"matched as materialized (select tasks.* from public.tasks tasks {where}), "  # noqa: S608
         rows = "matched tasks"
         count = "select count(*) from matched"
@@ -239,15 +224,12 @@ _CREATED = ("user_id", *(name for name in TaskCreate.model_fields if name != "ta
 
 @cache
 def _create_sql() -> str:
-    """Inserts a task, answering it as _one does. A task has no tags when it is inserted
-    (create_task gives it its tags afterwards, then reads it again): the answer says so
-    without a look at task_tags and tags, whose policies would each check the signed
-    context once more (~25 µs apiece, bench/README.md round 12)."""
+    """Inserts a task, answering it as _one does. A task has no tags when it is inserted:
+    create_task gives it its tags afterwards, then reads it again."""
     values = ", ".join(f"${i}" for i in range(1, len(_CREATED) + 1))
     return _one(
         f"insert into public.tasks as tasks ({', '.join(_CREATED)}) values ({values})"  # noqa: S608
-        f" returning *, {_VERSION}",
-        untagged=True,
+        f" returning *, {_VERSION}"
     )
 
 
@@ -324,9 +306,9 @@ def _spawn_sql(owner_filter: str) -> str:
         f" where tasks.id = $2 and {_owner(owner_filter, 'tasks')} returning tasks.*, {_VERSION}",
         before="successor as ("  # noqa: S608
         " insert into public.tasks as tasks"
-        " (user_id, title, description, priority, due_at, recurrence, recurrence_day)"
+        " (user_id, title, description, priority, due_at, recurrence, recurrence_day, tag_names, tag_keys)"
         " select p.user_id, p.title, p.description, p.priority,"
-        f" {_next_due('p')}, p.recurrence, {_anchor('p')}"
+        f" {_next_due('p')}, p.recurrence, {_anchor('p')}, p.tag_names, p.tag_keys"
         " from public.tasks p"
         f" where p.id = $2 and {_owner(owner_filter, 'p')} and p.completed"
         " and p.recurrence is not null and p.next_task_id is null"

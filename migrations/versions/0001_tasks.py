@@ -40,8 +40,8 @@ def upgrade() -> None:
     op.create_index("tasks_user_title_idx", "tasks", ["user_id", "title", "id"])
     # sql/policies/tasks.sql is not applied here: it holds today's grants, which name
     # columns that later revisions add (priority, due_at, ...). The revision that last
-    # changed the table's columns applies it (0008), inside the same transaction as this one, so
-    # a new database is never seen without its policies.
+    # changed the table's columns applies it (0012), inside the same transaction as this
+    # one, so a new database is never seen without its policies.
 
 
 def downgrade() -> None:

@@ -32,7 +32,7 @@ def upgrade() -> None:
     op.create_index("tasks_user_priority_idx", "tasks", ["user_id", "priority", "id"])
     # The grants on the new columns are today's sql/policies/tasks.sql, which names
     # columns of later revisions too: the last revision to change the table's columns
-    # applies it (0008).
+    # applies it (0012).
 
 
 def downgrade() -> None:

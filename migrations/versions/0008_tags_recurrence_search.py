@@ -96,8 +96,8 @@ def upgrade() -> None:
 
     apply_sql("task_functions.sql")
     apply_sql("statistics.sql")
-    # Today's grants and policies: the runtime role may set the new columns.
-    apply_sql("policies/tasks.sql")
+    # Today's grants and policies: the runtime role may set the new columns. Those of
+    # tasks (sql/policies/tasks.sql) name columns of 0012 too, which applies them (0001).
     apply_sql("policies/tags.sql")
     apply_sql("policies/task_tags.sql")
 
@@ -106,6 +106,9 @@ def downgrade() -> None:
     op.drop_table("task_tags")
     op.drop_table("tags")
     for function in (
+        # Made by this revision's sql/task_functions.sql, which is today's (0012 drops it
+        # on its way down).
+        "app.refresh_task_tags(bigint[])",
         "app.set_task_tags(bigint, text[], text[])",
         "app.next_due(timestamptz, text, int)",
         "app.task_search_vector(text, text)",

@@ -11,10 +11,13 @@ alter table tasks force row level security;
 -- check sees every row, row-level security or not); user_id is fixed once written.
 revoke all on tasks from todo_app;
 grant select, delete on tasks to todo_app;
-grant insert (user_id, title, description, completed, priority, due_at, recurrence, recurrence_day)
+-- tag_names and tag_keys are a copy of the task's tags (app.refresh_task_tags): a
+-- statement that wrote other values there would only misstate the caller's own task.
+grant insert (user_id, title, description, completed, priority, due_at, recurrence, recurrence_day,
+              tag_names, tag_keys)
   on tasks to todo_app;
 grant update (title, description, completed, priority, due_at, recurrence, recurrence_day, next_task_id,
-              updated_at)
+              updated_at, tag_names, tag_keys)
   on tasks to todo_app;
 
 drop policy if exists tasks_select_own on tasks;

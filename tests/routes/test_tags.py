@@ -12,6 +12,7 @@ import httpx
 import psycopg
 import pytest
 
+from tests.conftest import STALE_COPIES
 from tests.tokens import auth
 
 ALICE = auth("alice")
@@ -366,6 +367,51 @@ async def test_the_tag_filter_counts_and_links_what_it_lets_through(client: http
     assert [task["title"] for task in last.json()] == ["D"]
     assert last.headers["X-Total-Count"] == "3"
     assert set(last.links) == {"prev"}
+
+
+# --- each task's copy of its tags ------------------------------------------------------
+
+
+async def test_every_change_of_tags_keeps_each_tasks_copy_of_them(
+    client: httpx.AsyncClient, admin_conn: psycopg.Connection
+) -> None:
+    """Answers and the tag filter read a task's copy of its tags' names, on its own row.
+    Each way a task's tags or a tag's name changes (create, PATCH, PUT, a recurring
+    task's next occurrence, rename, merge, delete) leaves every copy as task_tags and
+    tags say, the other user's included."""
+    bob = auth("bob")
+    response = await client.post("/api/bob/tasks", json={"title": "bob's", "tags": ["work"]}, headers=bob)
+    assert response.status_code == 201
+
+    async def step(name: str, response: httpx.Response, status: int = 200) -> None:
+        assert response.status_code == status, (name, response.text)
+        assert admin_conn.execute(STALE_COPIES).fetchall() == [], name
+
+    one = await create(client, "one", ["Work", "home", "Ärger"])
+    await step("create", await fetch(client, one["id"]))
+    assert one["tags"] == ["home", "Work", "Ärger"]
+    recurring = await create(client, "two", ["work"], due_at="2027-03-01T09:00:00Z", recurrence="daily")
+    await step(
+        "PATCH",
+        await client.patch(f"{TASKS}/{one['id']}", json={"tags": ["zeta", "ALPHA", "home"]}, headers=ALICE),
+    )
+    await step(
+        "PUT", await client.put(f"{TASKS}/{one['id']}", json={"title": "one", "tags": []}, headers=ALICE)
+    )
+    await step("next occurrence", await client.patch(f"{TASKS}/{recurring['id']}/complete", headers=ALICE))
+    assert await titles(client, tag="work") == ["two", "two"]
+    await step("rename", await client.patch(tag_path("WORK"), json={"name": "Job"}, headers=ALICE))
+    await step("rename, case only", await client.patch(tag_path("job"), json={"name": "JOB"}, headers=ALICE))
+    three = await create(client, "three", ["x", "JOB", "y"])
+    merged = await client.patch(tag_path("x"), params={"merge": "true"}, json={"name": "job"}, headers=ALICE)
+    await step("merge", merged)
+    assert await tags_of(client, three["id"]) == ["JOB", "y"]
+    await step("delete a tag", await client.delete(tag_path("job"), headers=ALICE), 204)
+    assert [await tags_of(client, task["id"]) for task in (recurring, three)] == [[], ["y"]]
+    await step("delete a task", await client.delete(f"{TASKS}/{three['id']}", headers=ALICE), 204)
+    # What the filter matches is the copy: a name no task carries any more finds nothing.
+    assert await titles(client, tag="job") == []
+    assert admin_conn.execute("select tag_names from tasks where user_id = 'bob'").fetchall() == [(["work"],)]
 
 
 # --- bad input ---------------------------------------------------------------------------
