@@ -55,7 +55,11 @@ as $$
 declare
   owner text := app.current_user_id();
 begin
-  perform from public.tasks t where t.id = task and t.user_id = owner;
+  -- The task's row lock first: two changes of one task's tags take turns, each seeing
+  -- what the one before it committed, and so does a tag's rename, merge or delete,
+  -- which locks the tasks that carry the tag (app/service/tags.py). Without it, two at
+  -- once could leave the task with the links of both, and a copy of one.
+  perform from public.tasks t where t.id = task and t.user_id = owner for update;
   if not found then
     return false;
   end if;

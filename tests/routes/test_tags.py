@@ -12,6 +12,7 @@ import httpx
 import psycopg
 import pytest
 
+from app.session import UserSessions
 from tests.conftest import STALE_COPIES
 from tests.tokens import auth
 
@@ -412,6 +413,34 @@ async def test_every_change_of_tags_keeps_each_tasks_copy_of_them(
     # What the filter matches is the copy: a name no task carries any more finds nothing.
     assert await titles(client, tag="job") == []
     assert admin_conn.execute("select tag_names from tasks where user_id = 'bob'").fetchall() == [(["work"],)]
+
+
+async def test_two_changes_of_one_tasks_tags_take_turns(
+    client: httpx.AsyncClient, sessions: UserSessions, admin_conn: psycopg.Connection
+) -> None:
+    """app.set_task_tags locks the task first: a second change of the same task's tags
+    waits for the first to commit, then replaces its tags whole. Without the lock it
+    would not see the first one's new link, and the task would keep the links of both
+    with a copy of the second's."""
+    task = await create(client, "contested", ["old"])
+    set_tags = "select app.set_task_tags($1, $2, $3)"
+    async with sessions.connection("alice") as first:
+        assert await first.fetchval(set_tags, task["id"], ["A"], ["a"])
+
+        async def second() -> None:
+            async with sessions.connection("alice") as connection:
+                assert await connection.fetchval(set_tags, task["id"], ["B"], ["b"])
+
+        waiting = asyncio.create_task(second())
+        await asyncio.sleep(0.5)
+        assert not waiting.done()  # it waits for the first's lock on the task
+    await asyncio.wait_for(waiting, 10)
+    assert await tags_of(client, task["id"]) == ["B"]
+    links = admin_conn.execute(
+        "select g.name from task_tags tt join tags g on g.id = tt.tag_id where tt.task_id = %s", (task["id"],)
+    ).fetchall()
+    assert links == [("B",)]
+    assert admin_conn.execute(STALE_COPIES).fetchall() == []
 
 
 # --- bad input ---------------------------------------------------------------------------
