@@ -11,9 +11,10 @@
 -- tasks.tag_keys, the folded forms in the same order. task_tags and tags are what a task's
 -- tags are; the two columns are their copy, so that an answer or a tag filter reads the
 -- task's row alone (bench/README.md, round 13). Every statement that changes a task's
--- links or a tag's name calls this in the same transaction: app.set_task_tags below,
--- and the rename, merge and delete of a tag (app/service/tags.py). A task whose columns
--- already hold its tags is not written again.
+-- links or a tag's name makes the copy again in the same transaction: the rename, merge
+-- and delete of a tag call this (app/service/tags.py); app.set_task_tags below writes
+-- the same arrays from the tags it has just linked. A task whose columns already hold
+-- its tags is not written again.
 create or replace function app.refresh_task_tags(task_ids bigint[])
 returns void
 language plpgsql
@@ -75,7 +76,16 @@ begin
   select owner, task, g.id from public.tags g
   where g.user_id = owner and g.folded = any(tag_keys)
   on conflict do nothing;
-  perform app.refresh_task_tags(array[task]);
+  -- The task's copy of its tags (as app.refresh_task_tags makes it): its links are now
+  -- exactly the caller's tags of these folded names, so they are read from tags alone,
+  -- which costs a quarter less than the general refresh (bench/README.md, round 13).
+  update public.tasks t set tag_names = x.names, tag_keys = x.keys
+  from (select coalesce(array_agg(g.name::text order by g.folded, g.name), array[]::text[]) as names,
+               coalesce(array_agg(g.folded::text order by g.folded, g.name), array[]::text[]) as keys
+        from public.tags g
+        where g.user_id = owner and g.folded = any(set_task_tags.tag_keys)) x
+  where t.user_id = owner and t.id = task
+    and (t.tag_names, t.tag_keys) is distinct from (x.names, x.keys);
   return true;
 end
 $$;
