@@ -104,8 +104,8 @@ _UTC_TIMESTAMP = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
 def _public(row: str) -> str:
     """A subquery of TaskPublic's fields of `row` (a tasks row), in TaskPublic's order:
     row_to_json writes it as the response, compact as FastAPI writes JSON. The tags are
-    the row's own copy of them (tag_names, kept by app.refresh_task_tags), so an answer
-    reads no table but tasks."""
+    the row's own copy of them (tag_names, kept by app.set_task_tags and
+    app.refresh_task_tags), so an answer reads no table but tasks."""
     fields = []
     for name in TaskPublic.model_fields:
         value = f"{row}.{name}"
