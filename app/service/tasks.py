@@ -121,10 +121,9 @@ def _one(statement: str, *, before: str = "", more: str = "", join: str = "") ->
     """`statement` (which yields tasks rows and their `version`, the row's xmin) answering
     its row's id, JSON and version. `before`: CTEs the statement uses ("name as (...), ");
     `more`: columns of `t` (the row) and of what `join` names (CTEs of one row each)."""
-    public = _public("t")
     return (
         f"with {before}t as ({statement})"  # noqa: S608
-        f" select t.id, row_to_json(p)::text, t.version{more} from t{join}, lateral ({public}) p"
+        f" select t.id, row_to_json(p)::text, t.version{more} from t{join}, lateral ({_public('t')}) p"
     )
 
 
